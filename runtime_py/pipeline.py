@@ -1,0 +1,102 @@
+"""Backend-neutral pipeline: call methods in order, pass tensors by name, draw portable noise.
+
+This loop is the one the Android and iOS apps implement: nothing here is Python-specific beyond
+the tokenizer call and the RNG, both specified in docs/.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import torch
+
+from model import rng
+from model.stages import MethodSpec, TensorSpec, torch_dtype
+
+
+class Backend(Protocol):
+    name: str
+
+    def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]: ...
+
+
+@dataclass
+class Generation:
+    image: torch.Tensor  # [B, 3, H, W] float in [0, 1]
+    tokens: dict[str, torch.Tensor]  # method -> sampled ids
+    timings_ms: dict[str, float]
+    trace: dict[str, dict[str, list[torch.Tensor]]] = field(default_factory=dict)  # method -> {"in","out"}
+
+
+def draw_noise(spec: TensorSpec, seed: int) -> torch.Tensor:
+    """One rng input: the leading dim enumerates streams (one stream per slice)."""
+    dist, streams = spec.rng["dist"], spec.rng["streams"]
+    per = spec.shape[1:]
+    draw = rng.uniform_t if dist == "uniform" else rng.normal_t
+    if len(streams) != spec.shape[0]:
+        raise ValueError(f"{spec.name}: {len(streams)} streams for leading dim {spec.shape[0]}")
+    return torch.stack([draw(seed, s, per) for s in streams])
+
+
+class Pipeline:
+    def __init__(self, specs: list[MethodSpec], backend: Backend, tokenizer, progress=None):
+        self.specs = specs
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.progress = progress  # optional callable(iterable, desc) -> iterable (tqdm)
+
+    def host_input(self, spec: TensorSpec, env: dict, seed: int, cfg: float) -> torch.Tensor:
+        if spec.source == "env":
+            if spec.name not in env:
+                raise KeyError(f"input {spec.name!r} is not produced by any earlier method")
+            return env[spec.name]
+        if spec.source == "user":
+            return torch.tensor([cfg], dtype=torch_dtype(spec.dtype))
+        if spec.source == "rng":
+            return draw_noise(spec, seed).to(torch_dtype(spec.dtype))
+        return env[spec.name].to(torch_dtype(spec.dtype))  # tokenizer outputs placed in env up front
+
+    def generate(self, prompt: str, seed: int, cfg: float, keep_trace: bool = False) -> Generation:
+        if seed < 0:
+            raise ValueError("seed must be >= 0")
+        t0 = time.perf_counter()
+        ids, mask = self.tokenizer.encode(prompt)
+        env: dict[str, torch.Tensor] = {"token_ids": ids, "context_mask": mask.float()}
+        timings = {"tokenize": (time.perf_counter() - t0) * 1e3}
+        tokens, trace = {}, {}
+        it = self.progress(self.specs, "stages") if self.progress else self.specs
+        for m in it:
+            inputs = [self.host_input(s, env, seed, cfg) for s in m.inputs]
+            for s, t in zip(m.inputs, inputs):
+                if tuple(t.shape) != s.shape:
+                    raise ValueError(f"{m.name}: input {s.name} has shape {tuple(t.shape)}, expected {s.shape}")
+            t0 = time.perf_counter()
+            outs = self.backend.run(m.name, inputs)
+            timings[m.name] = (time.perf_counter() - t0) * 1e3
+            if len(outs) != len(m.outputs):
+                raise ValueError(f"{m.name}: backend returned {len(outs)} outputs, spec has {len(m.outputs)}")
+            for s, t in zip(m.outputs, outs):
+                env[s.name] = t
+            if "idx" in env and m.name.startswith("scale_"):
+                tokens[m.name] = env.pop("idx")
+            if keep_trace:
+                trace[m.name] = {"in": [t.clone() for t in inputs], "out": [t.clone() for t in outs]}
+        return Generation(image=env["image"], tokens=tokens, timings_ms=timings, trace=trace)
+
+
+class EagerBackend:
+    """The oracle: the PyTorch model's stage functions, called exactly like exported methods."""
+
+    name = "eager"
+
+    def __init__(self, hart):
+        from model.stages import Stage, method_names
+
+        self.hart = hart
+        self.stages = {n: Stage(hart, n) for n in method_names(hart)}
+
+    @torch.no_grad()
+    def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        return list(self.stages[method](*inputs))
