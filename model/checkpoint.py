@@ -65,11 +65,14 @@ def _detect_ar(cfg_json: dict, sd: dict[str, torch.Tensor], path: Path, vae: VAE
         return sd[key]
 
     if cfg_json.get("model_type") not in (None, "hart_transformer_t2i"):
-        raise CheckpointError(f"{path.parent / 'config.json'}: model_type {cfg_json.get('model_type')!r} is not hart_transformer_t2i")
-    if "blocks.0.attn.mat_qkv.weight" in sd or "pos_start" in sd or cfg_json.get("attn_type", "llama") != "llama":
+        raise CheckpointError(
+            f"{path.parent / 'config.json'}: model_type {cfg_json.get('model_type')!r} is not hart_transformer_t2i")
+    gpt2_attn = "blocks.0.attn.mat_qkv.weight" in sd or "pos_start" in sd
+    if gpt2_attn or cfg_json.get("attn_type", "llama") != "llama":
         raise CheckpointError(f"{path}: gpt2-attention HART variant (attn.mat_qkv / pos_start) is not supported")
     if cfg_json.get("sampler", "iddpm") != "iddpm":
-        raise CheckpointError(f"{path.parent / 'config.json'}: sampler {cfg_json['sampler']!r} unsupported (iddpm only)")
+        raise CheckpointError(
+            f"{path.parent / 'config.json'}: sampler {cfg_json['sampler']!r} unsupported (iddpm only)")
     if cfg_json.get("use_cross_attn", False):
         raise CheckpointError(f"{path.parent / 'config.json'}: use_cross_attn=True is not supported")
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
@@ -144,7 +147,8 @@ def _strict_load(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: Pat
         raise CheckpointError(f"{path}: missing key {k!r}")
     for k, v in own.items():
         if tuple(sd[k].shape) != tuple(v.shape):
-            raise CheckpointError(f"{path}: shape mismatch for {k!r}: file has {tuple(sd[k].shape)}, model expects {tuple(v.shape)}")
+            raise CheckpointError(
+                f"{path}: shape mismatch for {k!r}: file has {tuple(sd[k].shape)}, model expects {tuple(v.shape)}")
     module.load_state_dict({k[len(prefix):]: t.float() for k, t in sd.items()}, strict=True)
 
 
@@ -190,9 +194,11 @@ def load(path: str | Path, text_encoder: str | Path | None = None, prefer_ema: b
     text = load_text_encoder(text_dir) if text_dir is not None else None
     text_cfg = text.cfg if text is not None else None
     if text_cfg is not None and text_cfg.hidden_size != ar_cfg.context_dim:
-        raise CheckpointError(f"{text_dir}: text hidden size {text_cfg.hidden_size} != context_dim {ar_cfg.context_dim}")
+        raise CheckpointError(
+            f"{text_dir}: text hidden size {text_cfg.hidden_size} != context_dim {ar_cfg.context_dim}")
     if text_cfg is not None and text_cfg.max_tokens != ar_cfg.context_token:
-        raise CheckpointError(f"{text_dir}: text max_tokens {text_cfg.max_tokens} != context_token {ar_cfg.context_token}")
+        raise CheckpointError(
+            f"{text_dir}: text max_tokens {text_cfg.max_tokens} != context_token {ar_cfg.context_token}")
     cfg = HartConfig(name=root.name, ar=ar_cfg, vae=vae_cfg, text=text_cfg or _placeholder_text(ar_cfg),
                      sampler=sampler or SamplerConfig())
     hart = Hart(cfg, with_text=False)

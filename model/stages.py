@@ -54,7 +54,7 @@ def _f32(name, shape, **kw) -> TensorSpec:
 def method_specs(hart: Hart) -> list[MethodSpec]:
     """Static specs of every method, in call order."""
     c = hart.cfg
-    B, T, Dc, C, V, Cv, G = c.batch, c.ar.context_token, c.ar.context_dim, c.ar.embed_dim, c.ar.vocab_size, c.ar.cvae, hart.G
+    B, T, Dc, C, Cv, G = c.batch, c.ar.context_token, c.ar.context_dim, c.ar.embed_dim, c.ar.cvae, hart.G
     cfg_in = _f32("cfg", (1,), source="user")
     f_hat = _f32("f_hat", (B, Cv, G, G))
     cond = _f32("cond", (2 * B, 2, C))

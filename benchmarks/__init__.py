@@ -1,0 +1,1 @@
+"""Per-stage latency, memory and size benchmarks (host and on-phone), one JSON schema."""

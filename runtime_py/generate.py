@@ -1,0 +1,114 @@
+"""python -m runtime_py.generate --prompt TEXT [--seed N] [--out out.png]: one image, eager or from a bundle."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from tqdm import tqdm
+
+from runtime_py.cli import OneLineParser
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(
+        prog="python -m runtime_py.generate",
+        description="Generate an image with HART: eager PyTorch (default model or --checkpoint) "
+        "or an exported --bundle.",
+    )
+    p.add_argument("--prompt", required=True, help="text prompt")
+    p.add_argument("--seed", type=int, default=1, help="portable RNG seed (>= 0), default 1")
+    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default: the model's, 4.5)")
+    p.add_argument("--top-k", type=int, default=None, help="override top-k for every scale (eager only)")
+    p.add_argument("--top-p", type=float, default=None, help="top-p in (0, 1]; 0 disables (eager only)")
+    p.add_argument("--hard", action="store_true", help="hard token embeddings instead of Gumbel-soft (eager only)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", type=Path,
+                     help="checkpoint folder in the official layout (default: seeded default model)")
+    src.add_argument("--bundle", type=Path, help="exported bundle folder (manifest.json)")
+    p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG path (written atomically)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if not a.prompt.strip():
+        p.error("--prompt is empty: give the text to draw, e.g. --prompt 'a lighthouse at dusk'")
+    if a.seed < 0:
+        p.error(f"--seed must be >= 0, got {a.seed}")
+    if a.checkpoint is not None and not a.checkpoint.is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    if a.bundle is not None and not (a.bundle / "manifest.json").is_file():
+        p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
+    if a.top_k is not None and a.top_k < 1:
+        p.error(f"--top-k must be >= 1, got {a.top_k}")
+    if a.top_p is not None and not 0 <= a.top_p <= 1:
+        p.error(f"--top-p must be in [0, 1], got {a.top_p}")
+    if a.bundle is not None and (a.top_k is not None or a.top_p is not None or a.hard):
+        p.error("--top-k/--top-p/--hard are baked into a bundle at export time; re-export to change them")
+    return a
+
+
+def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | None, hard: bool, progress):
+    """Pipeline over the eager model's stage functions (sampling overrides applied to the config)."""
+    from model import load
+    from model.build import default_model
+    from model.hart import Hart
+    from model.stages import method_specs
+    from runtime_py.pipeline import EagerBackend, Pipeline
+
+    hart = default_model() if checkpoint is None else load(checkpoint)
+    if hart.text is None:
+        raise SystemExit(f"error: {checkpoint} has no text encoder folder (text_encoder/ or Qwen2-VL-1.5B-Instruct/)")
+    sampler = hart.cfg.sampler
+    if top_k is not None:
+        sampler = replace(sampler, top_k_early=top_k, top_k_late=top_k)
+    if top_p is not None:
+        sampler = replace(sampler, top_p=top_p)
+    if hard:
+        sampler = replace(sampler, more_smooth=False)
+    if sampler != hart.cfg.sampler:
+        rebuilt = Hart(replace(hart.cfg, sampler=sampler), with_text=False)
+        rebuilt.load_state_dict(hart.state_dict(), strict=False)
+        rebuilt.text = hart.text
+        hart = rebuilt.eval().requires_grad_(False)
+    pipe = Pipeline(method_specs(hart), EagerBackend(hart), hart.text.tokenizer, progress=progress)
+    return pipe, hart.cfg.sampler.cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    progress = None if a.quiet else (lambda it, desc: tqdm(it, desc=desc, unit="stage", file=sys.stderr))
+    t0 = time.perf_counter()
+    try:
+        if a.bundle is not None:
+            from runtime_py.bundle import open_pipeline
+
+            pipe, bundle = open_pipeline(a.bundle)
+            pipe.progress = progress
+            cfg = a.cfg if a.cfg is not None else bundle.default_cfg
+            source = f"bundle {a.bundle} ({pipe.backend.name})"
+        else:
+            pipe, default_cfg = eager_pipeline(a.checkpoint, a.top_k, a.top_p, a.hard, progress)
+            cfg = a.cfg if a.cfg is not None else default_cfg
+            source = f"eager {a.checkpoint or 'default seeded model'}"
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    load_ms = (time.perf_counter() - t0) * 1e3
+    gen = pipe.generate(a.prompt, a.seed, cfg)
+    from runtime_py.images import png_bytes, write_atomic
+
+    write_atomic(a.out, png_bytes(gen.image[0]))
+    total = sum(gen.timings_ms.values())
+    print(f"{source}: seed {a.seed}, cfg {cfg}, image {tuple(gen.image.shape[-2:])} -> {a.out}")
+    print(f"{'stage':<16}{'ms':>10}")
+    print(f"{'load':<16}{load_ms:>10.1f}")
+    for k, v in gen.timings_ms.items():
+        print(f"{k:<16}{v:>10.1f}")
+    print(f"{'total':<16}{total:>10.1f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
