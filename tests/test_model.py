@@ -132,3 +132,20 @@ def test_every_stage_passes_strict_export(default_hart):
             assert not mutated, f"{m.name} mutates {mutated}"
         outs = ep.module()(*example_inputs(m))
         assert [tuple(o.shape) for o in outs] == [s.shape for s in m.outputs], m.name
+
+
+def test_full_size_config_matches_spec_parameter_counts():
+    """hart-0.7b-1024px built on the meta device: the spec's §11.1 counts (732,397,632 = the paper's 732M)."""
+    from model.config import hart_0p7b_config
+    from model.transformer import ARTransformer
+    from model.vae import VAE
+
+    cfg = hart_0p7b_config()
+    with torch.device("meta"):
+        ar, vae = ARTransformer(cfg.ar), VAE(cfg.vae)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(ar) == 732_397_632
+    assert count(ar.diffloss) == 36_585_536
+    assert count(vae.decoder) + count(vae.post_quant_conv) == 64_653_923 + 9_248
+    assert count(vae.quantize) == 168_064
+    assert cfg.image_size == 1024 and len(cfg.ar.patch_nums) == 14
