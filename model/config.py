@@ -89,6 +89,8 @@ class HartConfig:
     text: TextConfig
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     batch: int = 1  # B: prompts per call; the CFG batch is 2B
+    kv_cache: str = "fp32"  # memory mode: "fp32" | "fp16" | "int8" (per-token scales, quantized on write)
+    attn_chunk: int = 0  # memory mode: >0 splits attention over query chunks of this size (no full score matrix)
 
     @property
     def image_size(self) -> int:

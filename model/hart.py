@@ -49,6 +49,9 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
     return torch.where(logits < cut, torch.full_like(logits, float("-inf")), logits)
 
 
+KV_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "int8": torch.int8}
+
+
 class Hart(nn.Module):
     def __init__(self, cfg: HartConfig, with_text: bool = True):
         super().__init__()
@@ -76,8 +79,10 @@ class Hart(nn.Module):
     def more_smooth(self) -> bool:
         return self.cfg.sampler.more_smooth
 
-    def reset_cache(self, dtype: torch.dtype = torch.float32) -> None:
-        self.ar.setup_cache(2 * self.B, total_tokens(self.cfg.ar), dtype)
+    def reset_cache(self, dtype: torch.dtype | None = None) -> None:
+        """(Re)allocate the KV cache; dtype defaults to the config's memory mode (cfg.kv_cache)."""
+        dtype = dtype or KV_DTYPES[self.cfg.kv_cache]
+        self.ar.setup_cache(2 * self.B, total_tokens(self.cfg.ar), dtype, self.cfg.attn_chunk)
 
     def codebook(self) -> torch.Tensor:
         return self.vae.quantize.embedding.weight

@@ -32,12 +32,49 @@ class Attention(nn.Module):
             self.scale = 1.0
         else:
             self.scale = 0.25 / math.sqrt(self.D)  # VAR convention, not 1/sqrt(d)
+        self.attn_chunk = 0
         self.register_buffer("k_cache", torch.zeros(0), persistent=False)
         self.register_buffer("v_cache", torch.zeros(0), persistent=False)
+        self.register_buffer("k_scale", torch.zeros(0), persistent=False)
+        self.register_buffer("v_scale", torch.zeros(0), persistent=False)
 
-    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype) -> None:
+    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype, attn_chunk: int = 0) -> None:
+        """dtype int8 stores codes plus one fp32 scale per (row, head, token): 4x smaller than fp32."""
+        self.attn_chunk = attn_chunk
         self.k_cache = torch.zeros(rows, self.H, kv_len, self.D, dtype=dtype)
         self.v_cache = torch.zeros(rows, self.H, kv_len, self.D, dtype=dtype)
+        n = kv_len if dtype == torch.int8 else 0
+        self.k_scale = torch.zeros(rows, self.H, n, 1)
+        self.v_scale = torch.zeros(rows, self.H, n, 1)
+
+    @property
+    def int8_cache(self) -> bool:
+        return self.k_cache.dtype == torch.int8
+
+    def write_cache(self, cache, scale, x_BHLD, start: int, end: int) -> None:
+        if cache.dtype == torch.int8:
+            s = (x_BHLD.abs().amax(dim=-1, keepdim=True).float() / 127).clamp(min=1e-8)
+            cache[:, :, start:end] = torch.round(x_BHLD.float() / s).clamp(-127, 127).to(torch.int8)
+            scale[:, :, start:end] = s
+        else:
+            cache[:, :, start:end] = x_BHLD.to(cache.dtype)
+
+    def read_cache(self, cache, scale, end: int, dtype: torch.dtype):
+        if cache.dtype == torch.int8:
+            return (cache[:, :, :end].float() * scale[:, :, :end]).to(dtype)
+        return cache[:, :, :end].to(dtype)
+
+    def attend(self, q_BHLD, k_BHSD, v_BHSD, attn_bias=None):
+        """softmax(q·kᵀ·scale + bias)·v; with attn_chunk, over static query chunks (peak memory ∝ chunk)."""
+        L = q_BHLD.shape[2]
+        step = self.attn_chunk if 0 < self.attn_chunk < L else L
+        outs = []
+        for s in range(0, L, step):
+            att = (q_BHLD[:, :, s:s + step] * self.scale) @ k_BHSD.transpose(-2, -1)
+            if attn_bias is not None:
+                att = att + attn_bias[..., s:s + step, :]
+            outs.append(att.softmax(dim=-1) @ v_BHSD)
+        return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
     def forward(self, x_BLC, cos, sin, kv_start: int, kv_end: int, attn_bias=None):
         """kv_start/kv_end are Python ints: each scale step is its own static graph.
@@ -55,16 +92,13 @@ class Attention(nn.Module):
         q_BHLD = apply_rope(q_BHLD, cos, sin)
         k_BHLD = apply_rope(k_BHLD, cos, sin)
         if kv_start >= 0:
-            self.k_cache[:, :, kv_start:kv_end] = k_BHLD.to(self.k_cache.dtype)
-            self.v_cache[:, :, kv_start:kv_end] = v_BHLD.to(self.v_cache.dtype)
-            k_BHSD = self.k_cache[:, :, :kv_end].to(q_BHLD.dtype)
-            v_BHSD = self.v_cache[:, :, :kv_end].to(q_BHLD.dtype)
+            self.write_cache(self.k_cache, self.k_scale, k_BHLD, kv_start, kv_end)
+            self.write_cache(self.v_cache, self.v_scale, v_BHLD, kv_start, kv_end)
+            k_BHSD = self.read_cache(self.k_cache, self.k_scale, kv_end, q_BHLD.dtype)
+            v_BHSD = self.read_cache(self.v_cache, self.v_scale, kv_end, q_BHLD.dtype)
         else:
             k_BHSD, v_BHSD = k_BHLD, v_BHLD
-        att = (q_BHLD * self.scale) @ k_BHSD.transpose(-2, -1)
-        if attn_bias is not None:
-            att = att + attn_bias
-        o_BHLD = att.softmax(dim=-1) @ v_BHSD
+        o_BHLD = self.attend(q_BHLD, k_BHSD, v_BHSD, attn_bias)
         return self.proj(o_BHLD.transpose(1, 2).reshape(B, L, C))
 
 
@@ -152,9 +186,9 @@ class ARTransformer(nn.Module):
         self.decoder_norm = RMSNorm(C, cfg.norm_eps)
         self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.num_sampling_steps)
 
-    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype = torch.float32) -> None:
+    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype = torch.float32, attn_chunk: int = 0) -> None:
         for b in self.blocks:
-            b.attn.setup_cache(rows, kv_len, dtype)
+            b.attn.setup_cache(rows, kv_len, dtype, attn_chunk)
 
     def level_embed(self, level: int) -> torch.Tensor:
         """E(level) as [1, 1, C]; levels are static per step, so this folds to a tiny in-graph MLP."""
