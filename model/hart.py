@@ -131,14 +131,17 @@ class Hart(nn.Module):
             cos, sin = rope_2d(coords, self.inv_freq_2d)
         return self.ar.forward_blocks(x_2BLC, cond_2B2C, cos, sin, st.kv_start, st.kv_end)
 
-    def guided_logits(self, st: ScaleStep, h_2BLC, cond_2B2C, cfg):
-        """CFG-mixed, filtered logits [B, l', V] (fp32) of the sampled positions."""
+    def cfg_logits(self, st: ScaleStep, h_2BLC, cond_2B2C, cfg):
+        """CFG-mixed logits [B, l', V] (fp32) of the sampled positions, before filtering."""
         if st.si == 0:
             h_2BLC = h_2BLC[:, -1:]  # only the last context position predicts the 1×1 token
         logits = self.ar.logits(h_2BLC, cond_2B2C)
         t = cfg.float() * st.ratio
-        logits = (1 + t) * logits[: self.B] - t * logits[self.B:]
-        logits = top_k_filter(logits, st.top_k)
+        return (1 + t) * logits[: self.B] - t * logits[self.B:]
+
+    def guided_logits(self, st: ScaleStep, h_2BLC, cond_2B2C, cfg):
+        """CFG-mixed, top-k (and top-p) filtered logits [B, l', V]."""
+        logits = top_k_filter(self.cfg_logits(st, h_2BLC, cond_2B2C, cfg), st.top_k)
         if self.cfg.sampler.top_p > 0:
             logits = top_p_filter(logits, self.cfg.sampler.top_p)
         return logits
@@ -160,10 +163,14 @@ class Hart(nn.Module):
         B, pn, C = f_hat.shape[0], st.pn, e_BlC.shape[-1]
         h_BCpp = e_BlC.transpose(1, 2).reshape(B, C, pn, pn)
         f_hat = f_hat + self.vae.phi(resample(h_BCpp, getattr(self, f"up_{st.si}")), st.phi_index)
-        nxt = resample(f_hat, getattr(self, f"down_{st.si}"))
-        tok_BlC = nxt.reshape(B, C, -1).transpose(1, 2)
+        return f_hat, self.next_tokens(st, f_hat)
+
+    def next_tokens(self, st: ScaleStep, f_hat):
+        """Input tokens of scale si+1 from f_hat after step si: word_embed(area(f_hat)) + E(si+1), ×2 for CFG."""
+        B, C = f_hat.shape[:2]
+        tok_BlC = resample(f_hat, getattr(self, f"down_{st.si}")).reshape(B, C, -1).transpose(1, 2)
         x_next = self.ar.word_embed(tok_BlC.to(self.ar.word_embed.weight.dtype)) + self.ar.level_embed(st.si + 1)
-        return f_hat, torch.cat([x_next, x_next], dim=0)
+        return torch.cat([x_next, x_next], dim=0)
 
     def diffusion_condition(self, h_2BLC, idx_Bl):
         """z = decoder_norm(h_last + word_embed(code[idx])) (hard ids even with more_smooth) → [2B·l, C]."""
