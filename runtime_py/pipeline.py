@@ -56,6 +56,8 @@ class Pipeline:
             return torch.tensor([cfg], dtype=torch_dtype(spec.dtype))
         if spec.source == "rng":
             return draw_noise(spec, seed).to(torch_dtype(spec.dtype))
+        if spec.source == "zeros":  # state a stateless backend carries explicitly (ONNX KV cache), fresh per call
+            return torch.zeros(spec.shape, dtype=torch_dtype(spec.dtype))
         return env[spec.name].to(torch_dtype(spec.dtype))  # tokenizer outputs placed in env up front
 
     def generate(self, prompt: str, seed: int, cfg: float, keep_trace: bool = False) -> Generation:

@@ -1,0 +1,223 @@
+"""python -m export.coreml: HART -> Core ML bundle (four .mlpackage folders, golden/, manifest.json).
+
+ArTransformer.mlpackage holds one function per scale (weights stored once, KV cache as fp16 states);
+TextEncoder is int8 (int4 with --text-quant int4), DiffusionHead and VaeDecoder fp16. Every method is
+converted from the same Stage module the other backends use (torch.export -> ct.convert), quantized
+per function, then the AR functions are merged. The bundle is built in a temp folder and renamed
+into place (export/bundle.py staging), so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from export import bundle as fmt
+from export import coreml_convert as cc
+from export.coreml_manifest import PACKAGES, build_manifest
+from model.config import SCHEDULES
+from model.hart import Hart
+from model.stages import method_specs
+from runtime_py.cli import OneLineParser
+
+
+@dataclass
+class Report:
+    manifest: dict
+    seconds: dict[str, float] = field(default_factory=dict)  # per method (export + convert + quantize), merge
+    total_seconds: float = 0.0
+
+
+def recipes_for(quant: str, block_size: int, text_quant: str | None) -> dict[str, cc.QuantRecipe]:
+    text = text_quant or ("fp16" if quant == "fp16" else "int8")
+    return {"text_encoder": cc.QuantRecipe(text, block_size), "ar_transformer": cc.QuantRecipe(quant, block_size),
+            "diffusion_head": cc.QuantRecipe("fp16"), "vae_decoder": cc.QuantRecipe("fp16")}
+
+
+def parse_schedule(value: str) -> tuple[int, ...]:
+    """A preset name (256px, 512px, 1024px) or comma-separated patch sides, e.g. 1,2,4."""
+    if value in SCHEDULES:
+        return SCHEDULES[value]
+    try:
+        nums = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise ValueError(f"--schedule {value!r}: use one of {', '.join(SCHEDULES)} or sides like 1,2,4") from None
+    if len(nums) < 2 or nums[0] != 1 or any(b <= a for a, b in zip(nums, nums[1:])):
+        raise ValueError(f"--schedule {value!r}: sides must start at 1 and increase (at least two scales)")
+    return nums
+
+
+def with_schedule(hart: Hart, nums: tuple[int, ...] | None) -> Hart:
+    """The same weights on another scale schedule (every graph is static per schedule)."""
+    if nums is None or tuple(nums) == tuple(hart.cfg.ar.patch_nums):
+        return hart
+    new = Hart(hart.cfg.with_schedule(nums), with_text=False)
+    state = {k: v for k, v in hart.state_dict().items() if not k.startswith("text.")}
+    try:
+        new.load_state_dict(state, strict=True)
+    except RuntimeError as e:
+        raise ValueError(f"schedule {nums} does not fit this checkpoint: {str(e).splitlines()[0]}") from e
+    new.text = hart.text
+    return new.eval().requires_grad_(False)
+
+
+def _convert_all(hart: Hart, recipes: dict[str, cc.QuantRecipe], tmp: Path, progress: bool) -> dict[str, float]:
+    """Every method -> its package (AR functions via single-function parts, merged at the end)."""
+    specs = method_specs(hart)
+    index = cc.param_index(hart)
+    parts_dir = tmp / ".parts"
+    parts_dir.mkdir()
+    ar_parts, seconds = [], {}
+    bar = tqdm(specs, desc="coreml", unit="method", file=sys.stderr, disable=not progress)
+    with cc.quiet_coremltools():
+        for spec in bar:
+            bar.set_postfix_str(spec.name)
+            t0 = time.perf_counter()
+            ml = cc.quantize(cc.convert_method(hart, spec), recipes[spec.component], index)
+            if spec.component == "ar_transformer":
+                path = parts_dir / f"{spec.name}.mlpackage"
+                ar_parts.append((spec.name, path))
+            else:
+                path = tmp / PACKAGES[spec.component]
+            ml.save(str(path))
+            seconds[spec.name] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        cc.merge_functions(ar_parts, tmp / PACKAGES["ar_transformer"])
+        seconds["merge"] = time.perf_counter() - t0
+    shutil.rmtree(parts_dir)
+    return seconds
+
+
+def _components(tmp: Path, specs, recipes: dict[str, cc.QuantRecipe], seconds: dict[str, float]) -> dict[str, dict]:
+    """Per package: functions, size, parameters, bits per weight (all stored weights / quantized ones)."""
+    from runtime_py.coreml_package import package_bytes, stored_weights
+
+    out = {}
+    for comp, pkg in PACKAGES.items():
+        ws = stored_weights(tmp / pkg)
+        params = sum(w.numel for w in ws.values())
+        quant = [w for w in ws.values() if w.quantized]
+        qn = sum(w.numel for w in quant)
+        fns = [s.name for s in specs if s.component == comp]
+        multi = comp == "ar_transformer"
+        out[comp] = {"file": pkg, "methods": fns, "functions": fns if multi else ["main"],
+                     "default_function": fns[0] if multi else "main", "bytes": package_bytes(tmp / pkg),
+                     "params": params, "bits_per_weight": round(sum(w.stored_bits for w in ws.values()) / params, 3),
+                     "quantized_params": qn,
+                     "bits_per_quantized_weight": round(sum(w.stored_bits for w in quant) / qn, 3) if qn else None,
+                     "quantization": recipes[comp].to_json(),
+                     "export_seconds": round(sum(seconds.get(f, 0.0) for f in fns), 1)}
+    return out
+
+
+def golden_trace(hart: Hart, specs) -> tuple[dict, float]:
+    """Eager fp32 generation of the golden prompt (the reference a phone replays)."""
+    from runtime_py.pipeline import EagerBackend, Pipeline
+
+    cfg = hart.cfg.sampler.cfg
+    gen = Pipeline(specs, EagerBackend(hart), hart.text.tokenizer).generate(
+        fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg, keep_trace=True)
+    return gen.trace, cfg
+
+
+def export_coreml(hart: Hart, out: Path, quant: str = "int4", block_size: int = 32, text_quant: str | None = None,
+                  compute_units: str = "all", source: dict | None = None, schedule: str | None = None,
+                  progress: bool = True) -> Report:
+    """Convert, quantize, merge, write golden + manifest; the bundle appears at `out` only when complete."""
+    if hart.text is None:
+        raise ValueError("the model has no text encoder (the bundle needs one)")
+    t_start = time.perf_counter()
+    recipes = recipes_for(quant, block_size, text_quant)
+    specs = method_specs(hart)
+    with fmt.staging(out) as tmp:
+        trace, cfg = golden_trace(hart, specs)
+        hart.reset_cache(torch.float16)  # Core ML states are fp16 only
+        try:
+            seconds = _convert_all(hart, recipes, tmp, progress)
+            comps = _components(tmp, specs, recipes, seconds)
+            hart.text.tokenizer.save(tmp / "tokenizer.json")
+            fmt.write_golden(tmp, specs, trace, fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg)
+            manifest = build_manifest(hart, specs, quant, block_size, recipes, compute_units,
+                                      source or fmt.default_source(), schedule, comps, cfg)
+        finally:
+            hart.reset_cache(torch.float32)
+        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        manifest = fmt.write_manifest(tmp, manifest)
+    return Report(manifest, seconds, time.perf_counter() - t_start)
+
+
+def print_summary(rep: Report, out: Path) -> None:
+    print(f"{'package':<26}{'functions':>10}{'MB':>9}{'weights':>11}{'quant':>7}{'bits/w':>8}{'bits/qw':>9}"
+          f"{'export s':>10}")
+    for c in rep.manifest["components"].values():
+        qw = f"{c['bits_per_quantized_weight']:.2f}" if c["bits_per_quantized_weight"] else "-"
+        print(f"{c['file']:<26}{len(c['functions']):>10}{c['bytes'] / 2**20:>9.3f}{c['params']:>11,}"
+              f"{c['quantization']['dtype']:>7}{c['bits_per_weight']:>8.2f}{qw:>9}{c['export_seconds']:>10.1f}")
+    files = rep.manifest["files"]
+    gold = sum(v["bytes"] for k, v in files.items() if k.startswith("golden/"))
+    total = sum(v["bytes"] for v in files.values())
+    print(f"tokenizer.json {files['tokenizer.json']['bytes'] / 1024:.0f} KB, golden/ {gold / 1024:.0f} KB; "
+          f"bundle {total / 2**20:.2f} MB -> {out} in {rep.total_seconds:.1f} s "
+          f"({rep.manifest['coreml']['deployment_target']}, compute units {rep.manifest['coreml']['compute_units']})")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m export.coreml",
+                      description="Export HART to a Core ML bundle (multifunction AR with KV states, iOS18).")
+    p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint folder (default: seeded default model)")
+    p.add_argument("--quant", choices=cc.QUANT_CHOICES, default="int4",
+                   help="AR weights: int4 per-block (default), int8 per-channel, fp16")
+    p.add_argument("--block-size", type=int, default=32, help="int4 block size along the input axis (default 32)")
+    p.add_argument("--text-quant", choices=cc.QUANT_CHOICES,
+                   help="text encoder weights (default int8; fp16 with --quant fp16)")
+    p.add_argument("--compute-units", choices=cc.COMPUTE_UNITS, default="all",
+                   help="recommended MLComputeUnits recorded in the manifest (default all)")
+    p.add_argument("--schedule", help=f"scale schedule: {', '.join(SCHEDULES)} or sides like 1,2,4 (default: model's)")
+    p.add_argument("--out", type=Path, help="bundle folder (default bundles/coreml-<quant>), replaced atomically")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.checkpoint is not None and not a.checkpoint.is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    if not 1 <= a.block_size <= 4096 or a.block_size & (a.block_size - 1):
+        p.error(f"--block-size must be a power of two in [1, 4096], got {a.block_size}")
+    if a.out is not None:
+        try:
+            fmt.check_destination(a.out.absolute())
+        except ValueError as e:
+            p.error(str(e))
+    a.schedule_name = a.schedule
+    try:
+        a.schedule = parse_schedule(a.schedule) if a.schedule else None
+    except ValueError as e:
+        p.error(str(e))
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    out = a.out or Path("bundles") / f"coreml-{a.quant}"
+    try:
+        from model import load
+        from model.build import default_model
+
+        hart = default_model() if a.checkpoint is None else load(a.checkpoint)
+        hart = with_schedule(hart, a.schedule)
+        source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
+        rep = export_coreml(hart, out, a.quant, a.block_size, a.text_quant, a.compute_units, source,
+                            a.schedule_name, progress=not a.quiet)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return 2
+    print_summary(rep, out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Stage -> Core ML conversion: one mlprogram per method, weights quantized per function, AR merged.
+
+Naming (shared with the manifest and the structure check): inputs keep their contract names; an
+output whose name is also an input of the same function (`x`, `f_hat` in the middle scales) gets the
+suffix `_out`, because a Core ML function cannot have an input and an output with the same name.
+States are the KV buffers with dots replaced by underscores (`hart_ar_blocks_0_attn_k_cache`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from export.coreml_graph import export_stage, fp16_selector
+from model.stages import MethodSpec, example_inputs
+
+QUANT_CHOICES = ("int4", "int8", "fp16")
+COMPUTE_UNITS = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
+WEIGHT_THRESHOLD = 2048  # coremltools default: smaller tensors stay fp16
+OUT_SUFFIX = "_out"
+_CONST_NAME = re.compile(r"^[pbc]_(?P<base>.+?)(?:_to_fp16)?(?:_quantized)?$")
+
+
+@dataclass(frozen=True)
+class QuantRecipe:
+    """How one package stores its weights."""
+
+    dtype: str  # int4 | int8 | fp16
+    block_size: int = 32
+
+    @property
+    def granularity(self) -> str | None:
+        return {"int4": "per_block", "int8": "per_channel"}.get(self.dtype)
+
+    def to_json(self) -> dict:
+        if self.dtype == "fp16":
+            return {"dtype": "fp16"}
+        d = {"dtype": self.dtype, "mode": "linear_symmetric", "granularity": self.granularity,
+             "weight_threshold": WEIGHT_THRESHOLD, "scope": "torch parameters (p_* consts) above the threshold"}
+        if self.dtype == "int4":
+            d["block_size"] = self.block_size
+        return d
+
+
+def output_features(spec: MethodSpec) -> list[str]:
+    ins = {t.name for t in spec.inputs}
+    return [t.name + OUT_SUFFIX if t.name in ins else t.name for t in spec.outputs]
+
+
+def coreml_dtype(contract_dtype: str) -> str:
+    """Core ML I/O dtype for a contract dtype: int64 -> int32 (no int64 multi-arrays), floats as-is."""
+    return "int32" if contract_dtype == "int64" else contract_dtype
+
+
+def state_name(buffer_fqn: str) -> str:
+    return buffer_fqn.replace(".", "_")
+
+
+def param_index(hart: torch.nn.Module) -> dict[str, str]:
+    """Sanitized name ('hart_ar_head_weight') -> Stage-level FQN ('hart.ar.head.weight'), params + buffers.
+
+    Keys are lower case: torch.export placeholder names (and so the MIL const names) are lower-cased.
+    """
+    names = [n for n, _ in hart.named_parameters()] + [n for n, _ in hart.named_buffers()]
+    return {f"hart.{n}".replace(".", "_").lower(): f"hart.{n}" for n in names}
+
+
+def const_to_param(const_name: str, index: dict[str, str]) -> str | None:
+    """Map a MIL const / constexpr output name back to the torch FQN it was converted from (None: derived)."""
+    m = _CONST_NAME.match(const_name)
+    return index.get(m.group("base").lower()) if m else None
+
+
+@contextlib.contextmanager
+def quiet_coremltools():
+    """Silence coremltools' nested progress bars and expected warnings (our own bar reports progress).
+
+    Expected: the text mask's fp32 minimum becomes -inf in fp16 ("overflow encountered in cast"), and
+    KV buffers are renamed to Core ML state names ("has been renamed").
+    """
+    import coremltools.converters.mil.frontend.torch.ops as ops_mod
+    import coremltools.converters.mil.mil.passes.pass_pipeline as pipe_mod
+    import coremltools.optimize._utils as opt_utils
+    import coremltools.optimize.coreml._post_training_quantization as ptq_mod
+    import coremltools.optimize.coreml._quantization_passes as qp_mod
+
+    patches = [(ops_mod, "_tqdm"), (pipe_mod, "tqdm"), (ptq_mod, "tqdm"), (qp_mod, "tqdm")]
+    saved = [getattr(m, a) for m, a in patches]
+    # "not divisible by block size" (a weight left in fp16) goes to the root logger from optimize._utils
+    logs = [logging.getLogger("coremltools"), opt_utils._logger]
+    levels = [lg.level for lg in logs]
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
+            warnings.filterwarnings("ignore", message=".*has been renamed to", category=UserWarning)
+            warnings.filterwarnings("ignore", category=FutureWarning)
+            for m, a in patches:
+                setattr(m, a, functools.partial(tqdm, disable=True))
+            for lg in logs:
+                lg.setLevel(logging.ERROR)
+            yield
+    finally:
+        for (m, a), v in zip(patches, saved):
+            setattr(m, a, v)
+        for lg, lv in zip(logs, levels):
+            lg.setLevel(lv)
+
+
+def convert_method(hart: torch.nn.Module, spec: MethodSpec):
+    """One method -> MLModel (iOS18 mlprogram, fp16 compute with fp32 islands, KV buffers as fp16 states)."""
+    import coremltools as ct
+
+    ep = export_stage(hart, spec, example_inputs(spec))
+    np_dtype = {"int32": np.int32, "float32": np.float32, "float16": np.float16}
+    inputs = [ct.TensorType(name=t.name, shape=t.shape, dtype=np_dtype[coreml_dtype(t.dtype)]) for t in spec.inputs]
+    outputs = [ct.TensorType(name=n, dtype=np_dtype[coreml_dtype(t.dtype)])
+               for n, t in zip(output_features(spec), spec.outputs)]
+    return ct.convert(
+        ep, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS18, inputs=inputs, outputs=outputs,
+        compute_precision=ct.transform.FP16ComputePrecision(op_selector=fp16_selector), skip_model_load=True,
+    )
+
+
+def quantize(mlmodel, recipe: QuantRecipe, index: dict[str, str]):
+    """Weight-only linear quantization of the consts that ARE torch parameters (torch.export's p_<fqn>);
+    derived consts (folded products, transposes) and buffers (RoPE tables, prefix K/V) stay fp16.
+
+    Must run per function, before merging: coremltools refuses multifunction models.
+    """
+    if recipe.dtype == "fp16":
+        return mlmodel
+    import coremltools.optimize.coreml as cto
+
+    op_cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=recipe.dtype, granularity=recipe.granularity,
+                                         block_size=recipe.block_size, weight_threshold=WEIGHT_THRESHOLD)
+    consts = [op.outputs[0].name for f in mlmodel._mil_program.functions.values()
+              for op in f.find_ops(op_type="const")]
+    skip = {n: None for n in consts if not n.startswith("p_") or const_to_param(n, index) is None}
+    cfg = cto.OptimizationConfig(global_config=op_cfg, op_name_configs=skip)
+    return cto.linear_quantize_weights(mlmodel, config=cfg)
+
+
+def merge_functions(parts: list[tuple[str, Path]], out: Path) -> None:
+    """Single-function packages -> one multifunction package; identical weights are stored once."""
+    import coremltools as ct
+
+    desc = ct.utils.MultiFunctionDescriptor()
+    for name, path in parts:
+        desc.add_function(str(path), src_function_name="main", target_function_name=name)
+    desc.default_function_name = parts[0][0]
+    ct.utils.save_multifunction(desc, str(out))

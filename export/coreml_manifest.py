@@ -1,0 +1,119 @@
+"""manifest.json of a Core ML bundle, in the shared schema of export/bundle.py.
+
+Core ML specifics live in `coreml` (target, precision policy, states), in each method entry
+(`package`, `function`, `coreml_inputs`/`coreml_outputs` with Core ML names and dtypes, `states`)
+and in `components` (functions, sizes, bits per weight, quantization). `file` of a method is the
+package's own Manifest.json, because the bundle file table lists files and a package is a folder.
+
+The Core ML part is built from the export contract and the naming rules of export/coreml_convert.py,
+not read back from the packages: the structure check compares the packages against it.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import torch
+
+from export import bundle as fmt
+from export.coreml_convert import QuantRecipe, coreml_dtype, output_features, state_name
+from export.coreml_graph import FP32_CHEAP, FP32_SINKS
+from model.hart import Hart
+from model.stages import MethodSpec
+
+DEPLOYMENT_TARGET, SPEC_VERSION, OPSET = "iOS18", 9, "CoreML8"
+PACKAGES = {"text_encoder": "TextEncoder.mlpackage", "ar_transformer": "ArTransformer.mlpackage",
+            "diffusion_head": "DiffusionHead.mlpackage", "vae_decoder": "VaeDecoder.mlpackage"}
+
+# Parity thresholds (runtime_py.parity metrics), measured on the default model with CoreMLSimBackend
+# (fp16 PyTorch carrying the packages' weights) vs fp32 eager, set with a margin. Measured values
+# (golden tok/SQNR, teacher-forced tok/SQNR, end-to-end tok/PSNR): int4 0.68/2.1, 0.70/2.4, 0.37/10.8;
+# int8 0.975/15.5, 0.977/13.2, 0.71/13.7; fp16 0.993/22.7, 0.999/34.1, 0.97/24.5. Unrelated
+# samples (eager, another seed) score 0.02 and 9.5 dB end to end.
+AR_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
+    "fp16": {"golden": {"token_agreement": 0.95, "sqnr_db": 17.0},
+             "teacher_forced": {"token_agreement": 0.97, "sqnr_db": 25.0},
+             "end_to_end": {"token_agreement": 0.90, "image_psnr_db": 19.0}},
+    "int8": {"golden": {"token_agreement": 0.90, "sqnr_db": 10.0},
+             "teacher_forced": {"token_agreement": 0.90, "sqnr_db": 8.0},
+             "end_to_end": {"token_agreement": 0.55, "image_psnr_db": 11.0}},
+    "int4": {"golden": {"token_agreement": 0.50, "sqnr_db": 1.0},
+             "teacher_forced": {"token_agreement": 0.50, "sqnr_db": 1.0},
+             "end_to_end": {"token_agreement": 0.20, "image_psnr_db": 9.5}},
+}
+# Text context SQNR by text recipe (measured: fp16 58.5 dB, int8 37.5 dB, int4 13.2 dB); the
+# fp16 diffusion head and VAE decoder measured 44.6 dB residual PSNR and 64 dB image PSNR.
+TEXT_SQNR_DB = {"fp16": 45.0, "int8": 30.0, "int4": 10.0}
+
+
+def parity_thresholds(ar: str, text: str) -> dict[str, dict[str, float]]:
+    """Thresholds for one recipe pair; an int4 text encoder also relaxes end to end to the int4 row."""
+    t = {k: dict(v) for k, v in AR_THRESHOLDS[ar].items()}
+    if text == "int4":
+        t["end_to_end"] = dict(AR_THRESHOLDS["int4"]["end_to_end"])
+    t["components"] = {"text_sqnr_db": TEXT_SQNR_DB[text], "diffusion_psnr_db": 40.0, "vae_psnr_db": 50.0}
+    return t
+
+
+def kv_states(hart: Hart) -> list[dict]:
+    """KV buffers as Core ML states (fp16 only in Core ML), in buffer order."""
+    out = []
+    for fqn, buf in hart.named_buffers():
+        if fqn.endswith(("attn.k_cache", "attn.v_cache")):
+            full = f"hart.{fqn}"
+            out.append({"name": state_name(full), "buffer": full, "shape": list(buf.shape), "dtype": "float16"})
+    return out
+
+
+def method_entry(spec: MethodSpec, states: list[dict]) -> dict:
+    """Contract I/O (shared schema) plus the Core ML view: package, function, feature names and dtypes."""
+    multi = spec.component == "ar_transformer"
+    pkg = PACKAGES[spec.component]
+    ins = [{"name": t.name, "coreml_name": t.name, "shape": list(t.shape), "coreml_dtype": coreml_dtype(t.dtype)}
+           for t in spec.inputs]
+    outs = [{"name": t.name, "coreml_name": n, "shape": list(t.shape), "coreml_dtype": coreml_dtype(t.dtype)}
+            for t, n in zip(spec.outputs, output_features(spec))]
+    return fmt.method_entry(spec, f"{pkg}/Manifest.json", package=pkg, function=spec.name if multi else "main",
+                            coreml_inputs=ins, coreml_outputs=outs, states=states if multi else [])
+
+
+def versions() -> dict:
+    import coremltools
+
+    return {"torch": torch.__version__, "coremltools": coremltools.__version__, "python": platform.python_version()}
+
+
+def build_manifest(hart: Hart, specs: list[MethodSpec], quant: str, block_size: int,
+                   recipes: dict[str, QuantRecipe], compute_units: str, source: dict, schedule: str | None,
+                   components: dict[str, dict], cfg: float) -> dict:
+    """Everything but the file table (export.bundle.write_manifest adds it last)."""
+    states = kv_states(hart)
+    ar = [s.name for s in specs if s.component == "ar_transformer"]
+    return {
+        "format": fmt.FORMAT, "schema_version": fmt.SCHEMA_VERSION, "min_runtime_version": fmt.MIN_RUNTIME_VERSION,
+        "backend": "coreml",
+        "coreml": {
+            "deployment_target": DEPLOYMENT_TARGET, "spec_version": SPEC_VERSION, "opset": OPSET,
+            "compute_units": compute_units,
+            "compute_precision": {"default": "float16", "float32_ops": sorted(FP32_SINKS),
+                                  "float32_feeders": sorted(FP32_CHEAP),
+                                  "why": "Gumbel -log(-log u) and RoPE angles lose too much in fp16"},
+            "int_io": "Core ML has no int64 arrays: token_ids and idx are int32 at the package boundary",
+            "kv_cache": {"states": [s["name"] for s in states], "dtype": "float16", "init": "zeros",
+                         "functions": ar, "rule": "one state (model.makeState()) shared by every scale_* function "
+                                                  "of ArTransformer; make a new one per image"},
+        },
+        "model": {"name": hart.cfg.name, "source": source, "image_size": hart.cfg.image_size, "batch": hart.B},
+        "call_order": [s.name for s in specs],
+        "methods": [method_entry(s, states) for s in specs],
+        "components": {c: {**components[c], "compute_units": compute_units} for c in PACKAGES},
+        "schedule": fmt.schedule_info(hart, schedule),
+        "sampler": fmt.sampler_info(hart),
+        "rng": fmt.rng_info(specs),
+        "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
+        "quantization": {"name": quant, "block_size": block_size,
+                         "components": {c: r.to_json() for c, r in recipes.items()}},
+        "parity": {"recipe": quant, "thresholds": parity_thresholds(quant, recipes["text_encoder"].dtype)},
+        "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
+        "versions": versions(),
+    }

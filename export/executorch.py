@@ -1,0 +1,288 @@
+"""python -m export.executorch: export HART to an ExecuTorch (XNNPACK) bundle.
+
+Artifacts: text_encoder.pte, ar_transformer.pte (one method per scale; one copy of the weights and
+one mutable KV cache shared by all methods), diffusion_head.pte, vae_decoder.pte, tokenizer.json,
+golden/ and manifest.json (export/bundle.py). Nothing is left behind on failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from export import bundle as fmt
+from model.config import SCHEDULES
+from model.hart import Hart
+from model.stages import MethodSpec, Stage, example_inputs, method_specs
+from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
+from runtime_py.cli import OneLineParser
+
+ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
+VAE_FP16_MIN_PSNR = 40.0  # the VAE decoder ships fp16 only if its image stays this close to fp32 eager
+
+
+class BoundaryCast(nn.Module):
+    """Method I/O stays float32 (the contract); inputs listed in `casts` enter at the component's
+    dtype, float outputs leave as float32."""
+
+    def __init__(self, stage: nn.Module, casts: dict[int, torch.dtype]):
+        super().__init__()
+        self.stage = stage
+        self.casts = casts
+
+    def forward(self, *args: torch.Tensor):
+        args = tuple(a.to(self.casts[i]) if i in self.casts else a for i, a in enumerate(args))
+        return tuple(o.float() if o.is_floating_point() else o for o in self.stage(*args))
+
+
+def stage_module(hart: Hart, spec: MethodSpec) -> nn.Module:
+    stage = Stage(hart, spec.name)
+    if spec.component == "diffusion_head":
+        dtype = hart.ar.diffloss.net.cond_embed.weight.dtype
+        return BoundaryCast(stage, {0: dtype}) if dtype != torch.float32 else stage
+    return stage
+
+
+def export_program(hart: Hart, specs: list[MethodSpec]) -> tuple[bytes, dict]:
+    """Lower `specs` (one component) into one .pte; returns its bytes and facts for the manifest."""
+    from export.lowering import lower, prepare
+
+    t0, c0 = time.perf_counter(), time.process_time()
+    programs, weights = {}, {}
+    for s in specs:
+        ep = torch.export.export(stage_module(hart, s), example_inputs(s), strict=False)
+        weights.update(used_parameters(ep))
+        programs[s.name] = prepare(ep)
+    shared = specs[0].component == "ar_transformer"
+    et = lower(programs, shared_state=shared)
+    plans = et.executorch_program.execution_plan
+    arenas = {p.name: int(sum(p.non_const_buffer_sizes)) for p in plans}
+    return et.buffer, {"params": sum(weights.values()), "weight_bytes": stored_weight_bytes(et.buffer),
+                       "seconds": round(time.perf_counter() - t0, 1),
+                       "cpu_seconds": round(time.process_time() - c0, 1), "planned_arena_bytes": arenas,
+                       "shared_mutable_state": shared}
+
+
+def stored_weight_bytes(pte: bytes) -> int:
+    """Bytes of constant data in a .pte (delegate named data + portable constant buffers): the
+    weights as stored, without the program and delegate graphs."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    f = deserialize_pte_binary(pte)
+    named = sum(len(bytes(b)) for b in f.named_data.buffers) if f.named_data is not None else 0
+    return named + sum(len(b.storage) for b in f.program.constant_buffer)
+
+
+def used_parameters(ep) -> dict[str, int]:
+    """{parameter FQN: logical element count} of the parameters the graph reads."""
+    users = {n.name: len(n.users) for n in ep.graph.nodes if n.op == "placeholder"}
+    return {s.target: ep.state_dict[s.target].numel() for s in ep.graph_signature.input_specs
+            if s.kind.name == "PARAMETER" and users.get(s.arg.name)}
+
+
+def run_method(data: bytes, name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+    from executorch.runtime import Runtime
+
+    return list(Runtime.get().load_program(data).load_method(name).execute(inputs))
+
+
+def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, dict]:
+    from model import load
+    from model.build import build
+    from model.config import default_config
+
+    if checkpoint is None:
+        cfg = default_config()
+        hart = build(cfg.with_schedule(schedule) if schedule else cfg)
+        return hart, fmt.default_source()
+    hart = load(checkpoint)
+    if hart.text is None:
+        raise ValueError(f"{checkpoint} has no text encoder folder (text_encoder/ or Qwen2-VL-1.5B-Instruct/)")
+    if schedule:
+        hart = with_patch_nums(hart, SCHEDULES[schedule])
+    return hart, fmt.checkpoint_source(checkpoint)
+
+
+def with_patch_nums(hart: Hart, patch_nums: tuple[int, ...]) -> Hart:
+    """The same weights on another scale schedule (the steps, caches and resampling matrices change)."""
+    if tuple(patch_nums) == tuple(hart.cfg.ar.patch_nums):
+        return hart
+    cfg = replace(hart.cfg, ar=replace(hart.cfg.ar, patch_nums=tuple(patch_nums)))
+    out = Hart(cfg, with_text=False)
+    missing, _ = out.load_state_dict({k: v for k, v in hart.state_dict().items() if not k.startswith("text.")},
+                                     strict=False)
+    if missing:
+        raise ValueError(f"schedule change lost weights: {missing[:3]}")
+    out.text = hart.text
+    return out.eval().requires_grad_(False)
+
+
+def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,
+                  schedule: str | None = None, vae_dtype: str = "auto", progress: bool = True) -> dict:
+    """Write a complete bundle to `out` (atomically) and return its manifest."""
+    steps = ["golden trace", "quantize", *COMPONENTS, "write"]
+    t_start = time.perf_counter()
+    with tqdm(total=len(steps), desc="export", unit="stage", file=sys.stderr, disable=not progress) as bar, \
+            fmt.staging(out) as tmp:
+        step = bar.set_description
+        step("golden trace")
+        specs = method_specs(hart)
+        trace, cfg = golden_trace(hart, specs)
+        bar.update()
+        step("quantize")
+        first_vae = "fp16" if (quant != "fp32" and vae_dtype in ("auto", "fp16")) else "fp32"
+        qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype=first_vae)
+        bar.update()
+        facts: dict[str, dict] = {}
+        for comp in COMPONENTS:
+            step(comp)
+            cspecs = [s for s in specs if s.component == comp]
+            data, facts[comp] = export_program(qhart, cspecs)
+            if comp == "vae_decoder" and quant != "fp32":
+                data, facts[comp], recipe = _settle_vae(hart, quant, group_size, vae_dtype, data, facts[comp],
+                                                        recipe, cspecs, trace)
+            (tmp / ARTIFACTS[comp]).write_bytes(data)
+            bar.update()
+        step("write")
+        hart.text.tokenizer.save(tmp / "tokenizer.json")
+        fmt.write_golden(tmp, specs, trace, fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg)
+        manifest = build_manifest(hart, specs, recipe, facts, source, schedule, tmp, cfg)
+        manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
+        manifest = fmt.write_manifest(tmp, manifest)
+        bar.update()
+    return manifest
+
+
+def golden_trace(hart: Hart, specs: list[MethodSpec]) -> tuple[dict, float]:
+    from runtime_py.pipeline import EagerBackend, Pipeline
+
+    cfg = hart.cfg.sampler.cfg
+    gen = Pipeline(specs, EagerBackend(hart), hart.text.tokenizer).generate(
+        fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg, keep_trace=True)
+    return gen.trace, cfg
+
+
+def _settle_vae(hart, quant, group_size, vae_dtype, data, facts, recipe: Recipe, cspecs, trace):
+    """Measure the fp16 VAE decoder against fp32 eager on the golden inputs; fall back to fp32 when
+    `vae_dtype` is auto and it is not close enough. The decision and the number go into the recipe."""
+    from runtime_py.parity import psnr
+
+    name = cspecs[0].name
+    got = run_method(data, name, trace[name]["in"])[0]
+    score = psnr(trace[name]["out"][0], got, peak=1.0)
+    comp = recipe.components["vae_decoder"]
+    if vae_dtype == "fp16" or score >= VAE_FP16_MIN_PSNR:
+        why = f"{comp.why}; measured image PSNR {score:.1f} dB vs fp32 eager on the golden inputs"
+        recipe.components["vae_decoder"] = replace(comp, why=why)
+        return data, facts, recipe
+    qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype="fp32")
+    data, facts = export_program(qhart, cspecs)
+    why = (f"fp16 decoder reached only {score:.1f} dB image PSNR vs fp32 eager (< {VAE_FP16_MIN_PSNR} dB), "
+           "so the decoder ships fp32")
+    recipe.components["vae_decoder"] = replace(recipe.components["vae_decoder"], why=why)
+    return data, facts, recipe
+
+
+def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: dict, source: dict,
+                   schedule: str | None, root: Path, cfg: float) -> dict:
+    import executorch.version
+
+    sizes = {c: (root / ARTIFACTS[c]).stat().st_size for c in COMPONENTS}
+    kv = fmt.kv_cache_bytes(hart)
+    # the AR program's plan includes the shared KV cache (its own memory id); count it once, separately
+    arena = max(v - (kv if facts[c]["shared_mutable_state"] else 0)
+                for c in COMPONENTS for v in facts[c]["planned_arena_bytes"].values())
+    components = {}
+    for c in COMPONENTS:
+        f = facts[c]
+        components[c] = {"file": ARTIFACTS[c], "methods": [s.name for s in specs if s.component == c],
+                         "bytes": sizes[c], "params": f["params"], "weight_bytes": f["weight_bytes"],
+                         "bits_per_weight": round(8 * f["weight_bytes"] / max(f["params"], 1), 2),
+                         "file_bits_per_weight": round(8 * sizes[c] / max(f["params"], 1), 2),
+                         "planned_arena_bytes": f["planned_arena_bytes"], "export_seconds": f["seconds"],
+                         "export_cpu_seconds": f.get("cpu_seconds"),
+                         "shared_mutable_state": f["shared_mutable_state"]}
+    return {
+        **fmt.header("executorch", specs),
+        "executorch": {"version": executorch.version.__version__, "delegate": "XnnpackBackend",
+                       "kv_cache": "mutable buffers hart.ar.blocks.{i}.attn.{k,v}_cache shared by every "
+                                   "ar_transformer method (share_mutable_buffers); keep the program loaded for "
+                                   "a whole generation"},
+        "model": {"name": hart.cfg.name, "source": source, "image_size": hart.cfg.image_size, "batch": hart.B},
+        "methods": [fmt.method_entry(s, ARTIFACTS[s.component], entry=s.name) for s in specs],
+        "components": components,
+        "schedule": fmt.schedule_info(hart, schedule),
+        "sampler": fmt.sampler_info(hart),
+        "rng": fmt.rng_info(specs),
+        "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
+        "quantization": recipe.to_json(),
+        "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena),
+        "parity": {"recipe": recipe.name, "thresholds": fmt.PARITY_THRESHOLDS[recipe.name]},
+        "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
+        "versions": fmt.versions(),
+    }
+
+
+def summary(manifest: dict) -> str:
+    """Table: file, size, params, bits/weight (stored weights only) and bits/weight of the whole file."""
+    rows = [("file", "size", "params", "bits/weight", "file bits/weight")]
+    for c in manifest["components"].values():
+        rows.append((c["file"], f"{c['bytes'] / 1024:.0f} KB", f"{c['params']:,}", f"{c['bits_per_weight']:.2f}",
+                     f"{c['file_bits_per_weight']:.2f}"))
+    tok = manifest["files"]["tokenizer.json"]["bytes"]
+    gold = sum(v["bytes"] for k, v in manifest["files"].items() if k.startswith("golden/"))
+    rows += [("tokenizer.json", f"{tok / 1024:.0f} KB", "-", "-", "-"),
+             ("golden/", f"{gold / 1024:.0f} KB", "-", "-", "-")]
+    w = [max(len(r[i]) for r in rows) for i in range(5)]
+    return "\n".join("  ".join(f"{v:<{w[i]}}" if i == 0 else f"{v:>{w[i]}}" for i, v in enumerate(r)) for r in rows)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = OneLineParser(prog="python -m export.executorch",
+                      description="Export HART to an ExecuTorch (XNNPACK) bundle with golden tensors.")
+    p.add_argument("--checkpoint", type=Path, help="checkpoint folder in the official layout (default: seeded model)")
+    p.add_argument("--quant", choices=RECIPES, default="8da4w", help="recipe (default 8da4w)")
+    p.add_argument("--group-size", type=int, default=32, help="int4 group size for 8da4w (default 32)")
+    p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
+    p.add_argument("--vae-dtype", choices=("auto", "fp16", "fp32"), default="auto",
+                   help=f"VAE decoder precision for quantized recipes; auto = fp16 if >= {VAE_FP16_MIN_PSNR} dB")
+    p.add_argument("--out", type=Path, help="bundle folder (default bundles/executorch-<quant>)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    a = p.parse_args(argv)
+    if a.checkpoint is not None and not a.checkpoint.is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    if a.group_size <= 0 or a.group_size % 2:
+        p.error(f"--group-size must be a positive even number, got {a.group_size}")
+    a.out = a.out or Path("bundles") / f"executorch-{a.quant}"
+    try:
+        fmt.check_destination(a.out.absolute())
+    except ValueError as e:
+        p.error(str(e))
+    return a
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam
+    try:
+        hart, source = load_source(a.checkpoint, a.schedule)
+    except ValueError as e:
+        print(f"python -m export.executorch: error: {e}", file=sys.stderr)
+        return 2
+    manifest = export_bundle(hart, source, a.out, a.quant, a.group_size, a.schedule, a.vae_dtype, not a.quiet)
+    print(summary(manifest))
+    vae = manifest["quantization"]["components"]["vae_decoder"]
+    print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']}) in {manifest['export_seconds']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

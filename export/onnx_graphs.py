@@ -1,0 +1,184 @@
+"""Stateless ONNX views of the stage methods: the KV cache becomes an explicit input and output.
+
+ONNX graphs have no state, and `torch.onnx.export(dynamo=True)` silently drops in-place buffer writes
+(the cache would become a constant). So each AR step is wrapped functionally: the stacked cache comes
+in as a tensor, `torch.func.functional_call` runs the step on per-layer views of it, and the updated
+cache goes out. The last step writes its slice but no later step reads it, so it does not return it.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import warnings
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from model.hart import Hart
+from model.stages import MethodSpec, Stage, TensorSpec, example_inputs, method_specs
+
+KV_NAME = "kv_cache"
+KV_LAYOUT = "[layers, 2 (k, v), 2B (cond rows, then uncond), heads, kv_tokens, head_dim]"
+OPSET = 20
+# Inputs a half-precision graph casts to fp16 on entry (the model casts everything else itself).
+HALF_INPUTS = {"diffusion_head": ("z",)}
+
+
+def kv_shape(hart: Hart) -> tuple[int, ...]:
+    k = hart.ar.blocks[0].attn.k_cache
+    return (len(hart.ar.blocks), 2, *k.shape)
+
+
+def _kv_fqns(hart: Hart) -> list[tuple[str, str]]:
+    """Buffer names of the cache as seen from a Stage (prefix `hart.`)."""
+    return [(f"hart.ar.blocks.{i}.attn.k_cache", f"hart.ar.blocks.{i}.attn.v_cache")
+            for i in range(len(hart.ar.blocks))]
+
+
+def onnx_method_specs(hart: Hart) -> list[MethodSpec]:
+    """The export contract plus the explicit cache: every AR step takes `kv_cache` (zeros from the host
+    at the first step, else the previous step's output) and every AR step but the last returns it."""
+    cache_in0 = TensorSpec(KV_NAME, kv_shape(hart), "float32", source="zeros")
+    cache = replace(cache_in0, source="env")
+    last = f"scale_{hart.num_scales - 1:02d}"
+    out = []
+    for m in method_specs(hart):
+        if m.component == "ar_transformer":
+            ins = m.inputs + ((cache_in0 if m.name == "scale_00" else cache),)
+            outs = m.outputs + (() if m.name == last else (cache,))
+            m = replace(m, inputs=ins, outputs=outs)
+        out.append(m)
+    return out
+
+
+class KVStep(nn.Module):
+    """One AR scale step, pure: (step inputs…, kv_cache) -> (step outputs…, kv_cache')."""
+
+    def __init__(self, hart: Hart, name: str, emit_cache: bool = True):
+        super().__init__()
+        self.stage = Stage(hart, name)
+        self.fqns = _kv_fqns(hart)
+        self.emit_cache = emit_cache
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        *ins, kv = args
+        bufs = {}
+        for i, (k, v) in enumerate(self.fqns):
+            bufs[k], bufs[v] = kv[i, 0].clone(), kv[i, 1].clone()  # written in place by the step
+        outs = torch.func.functional_call(self.stage, bufs, tuple(ins), strict=False, tie_weights=False)
+        if not self.emit_cache:
+            return tuple(outs)
+        return (*outs, torch.stack([torch.stack([bufs[k], bufs[v]]) for k, v in self.fqns]))
+
+
+class HalfStage(nn.Module):
+    """A stage of an fp16 copy of the model with the fp32 interface of the contract."""
+
+    def __init__(self, hart_half: Hart, name: str):
+        super().__init__()
+        self.stage = Stage(hart_half, name)
+        self.cast = HALF_INPUTS.get(name, ())
+        self.names = [t.name for t in next(m for m in method_specs(hart_half) if m.name == name).inputs]
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        args = tuple(a.half() if n in self.cast else a for n, a in zip(self.names, args))
+        return tuple(o.float() if o.is_floating_point() else o for o in self.stage(*args))
+
+
+def half_copy(hart: Hart) -> Hart:
+    """fp16 copy for the diffusion head and VAE decoder (norm statistics stay fp32 inside the model)."""
+    return copy.deepcopy(hart).half().eval().requires_grad_(False)
+
+
+def graph_module(hart: Hart, spec: MethodSpec, hart_half: Hart | None = None) -> nn.Module:
+    """The nn.Module exported for one method (KVStep for AR steps, HalfStage when given an fp16 copy)."""
+    if spec.component == "ar_transformer":
+        return KVStep(hart, spec.name, emit_cache=any(t.name == KV_NAME for t in spec.outputs)).eval()
+    if hart_half is not None:
+        return HalfStage(hart_half, spec.name).eval()
+    return Stage(hart, spec.name).eval()
+
+
+def graph_inputs(spec: MethodSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
+    """Traceable example inputs; the cache is random (not zeros) so nothing folds it away."""
+    base = replace(spec, inputs=tuple(t for t in spec.inputs if t.name != KV_NAME))
+    ex = example_inputs(base, seed)
+    if len(base.inputs) < len(spec.inputs):
+        gen = torch.Generator().manual_seed(seed + 1)
+        shape = next(t.shape for t in spec.inputs if t.name == KV_NAME)
+        ex = ex + (torch.randn(shape, generator=gen),)
+    return ex
+
+
+def onnx_io_names(spec: MethodSpec) -> tuple[list[str], list[str]]:
+    """ONNX value names must be unique in a graph: an output that reuses an input name gets `_out`."""
+    ins = [t.name for t in spec.inputs]
+    outs = [f"{t.name}_out" if t.name in ins else t.name for t in spec.outputs]
+    return ins, outs
+
+
+def strip_metadata(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Drop the exporter's per-node stack traces and FX dumps (half of a small graph's bytes)."""
+    for n in model.graph.node:
+        del n.metadata_props[:]
+        n.doc_string = ""
+    for v in list(model.graph.value_info) + list(model.graph.input) + list(model.graph.output):
+        del v.metadata_props[:]
+    del model.metadata_props[:]
+    model.graph.doc_string = ""
+    return model
+
+
+def unsplat(model: onnx.ModelProto, min_bytes: int = 1024) -> onnx.ModelProto:
+    """Replace constant-folded fills (e.g. the -inf tensor of top-k filtering, up to [1, l, V] per scale)
+    by ConstantOfShape nodes: the file keeps a shape and one value instead of megabytes of copies."""
+    keep, nodes = [], []
+    for t in model.graph.initializer:
+        a = numpy_helper.to_array(t)
+        if a.nbytes < min_bytes or a.size == 0 or not (a.flat[0] == a).all():
+            keep.append(t)
+            continue
+        shape = numpy_helper.from_array(np.array(a.shape, dtype=np.int64), f"{t.name}__shape")
+        keep.append(shape)
+        value = numpy_helper.from_array(a.reshape(-1)[:1].copy(), "value")
+        nodes.append(onnx.helper.make_node("ConstantOfShape", [shape.name], [t.name], name=f"{t.name}__fill",
+                                           value=value))
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(keep)
+    for n in reversed(nodes):
+        model.graph.node.insert(0, n)
+    return model
+
+
+def export_graph(module: nn.Module, spec: MethodSpec, seed: int = 0) -> onnx.ModelProto:
+    """torch.onnx dynamo export of one method, weights embedded (the bundle writer moves them out)."""
+    ins, outs = onnx_io_names(spec)
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)  # "no torchvision"
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter deprecation chatter would break the progress bar
+        prog = torch.onnx.export(module, graph_inputs(spec, seed), dynamo=True, optimize=True, verbose=False,
+                                 opset_version=OPSET, input_names=ins, output_names=outs)
+    model = unsplat(strip_metadata(prog.model_proto))
+    got = [i.name for i in model.graph.input]
+    if got != ins:  # an input the graph ignores is dropped by the exporter: the contract would break
+        raise RuntimeError(f"{spec.name}: exported inputs {got} != contract {ins}")
+    return model
+
+
+class FunctionalEagerBackend:
+    """Eager oracle for the ONNX contract: the very modules that get exported, run in PyTorch
+    (the cache flows as a tensor, exactly as between the ONNX graphs)."""
+
+    name = "eager-functional"
+
+    def __init__(self, hart: Hart):
+        self.modules = {s.name: graph_module(hart, s) for s in onnx_method_specs(hart)}
+
+    def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        with torch.no_grad():
+            return list(self.modules[method](*inputs))

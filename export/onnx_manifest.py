@@ -1,0 +1,116 @@
+"""manifest.json of an ONNX bundle, in the shared bundle schema (export/bundle.py) plus an `onnx` section.
+
+The method I/O lists carry the KV cache like any other tensor: `kv_cache` is an input of every AR
+step (source `zeros` at the first step, `env` after) and an output of every step but the last. A
+phone loop that passes tensors by name and allocates zeros for `source: zeros` needs nothing else.
+"""
+
+from __future__ import annotations
+
+import platform
+
+import onnx
+import onnxruntime
+import torch
+
+from export import bundle as fmt
+from export.onnx_graphs import KV_LAYOUT, KV_NAME, OPSET, onnx_io_names
+from model.hart import Hart
+from model.stages import MethodSpec
+
+_CPU = ["CPUExecutionProvider"]
+# Priority lists for a phone (nodes a provider cannot take fall back to the next one). MatMulNBits and
+# the dynamic-int8 ops are CPU-provider contrib kernels, so quantized graphs stay on the CPU provider.
+PROVIDERS = {
+    "int4": {"android": _CPU, "ios": _CPU},
+    "int8": {"android": _CPU, "ios": _CPU},
+    "fp16": {"android": ["XnnpackExecutionProvider", *_CPU], "ios": ["CoreMLExecutionProvider", *_CPU]},
+    "fp32": {"android": ["XnnpackExecutionProvider", *_CPU], "ios": ["CoreMLExecutionProvider", *_CPU]},
+}
+WHY = {
+    "int4": "MatMulNBits (ORT contrib op): int4 weights, symmetric, block 32, int8 activations (accuracy level 4)",
+    "int8": "quantize_dynamic: int8 weights per output channel, activations quantized at run time",
+    "fp16": "graph exported from an fp16 copy; norm statistics and the sampler update stay fp32; I/O stays fp32",
+    "fp32": "reference precision",
+}
+# Parity thresholds (runtime_py/parity.py metrics) per ONNX recipe, from runtime_py.parity on the
+# default model (measured value in the comment) with a margin. The quantized end-to-end numbers are
+# low because the seeded default model has random weights and near-flat logits: any weight error
+# resamples tokens (two fp32 images of one seed and different prompts agree about as much).
+PARITY_THRESHOLDS = {
+    "fp32": fmt.PARITY_THRESHOLDS["fp32"],
+    "int4": {  # measured: 0.803 / 3.96 dB (e_last at the last scale) / median 16.9 dB
+        "golden": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},
+        "teacher_forced": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},  # 0.806 / 3.46 / 14.4
+        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
+        "end_to_end": {"token_agreement": 0.30, "closed_loop_agreement": 0.65, "image_psnr_db": 9.0},  # .43 .79 11.5
+    },
+    "int8": {  # measured: 0.918 / 8.28 dB / median 34.7 dB
+        "golden": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},
+        "teacher_forced": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},  # 0.938 / 9.34 / 33.1
+        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
+        "end_to_end": {"token_agreement": 0.55, "closed_loop_agreement": 0.85, "image_psnr_db": 11.0},  # .71 .94 13.7
+    },
+}
+
+
+def method_entry(spec: MethodSpec, precision: str, shared: list[str]) -> dict:
+    ins, outs = onnx_io_names(spec)
+    return fmt.method_entry(spec, f"{spec.name}.onnx", precision=precision,
+                            execution_providers=PROVIDERS[precision], onnx_inputs=ins, onnx_outputs=outs,
+                            shared_initializers=shared)
+
+
+def quantization_info(quant: str, recipe: dict[str, str], quantized: dict[str, set[str]],
+                      linears: dict[str, set[str]]) -> dict:
+    """Per component: scheme, the Linear weights converted, the ones left float, and why."""
+    comps = {}
+    for comp, scheme in recipe.items():
+        done = sorted(quantized.get(comp, set()))
+        kept = sorted(linears.get(comp, set()) - set(done)) if scheme in ("int4", "int8") else []
+        comps[comp] = {"component": comp, "scheme": scheme, "quantized": done, "kept_float": kept,
+                       "group_size": 32 if scheme == "int4" else None, "why": WHY[scheme]}
+    return {"name": quant, "group_size": 32 if quant == "int4" else None, "components": comps}
+
+
+def kv_info(hart: Hart, specs: list[MethodSpec]) -> dict:
+    ar = [m.name for m in specs if m.component == "ar_transformer"]
+    kv = next(t for m in specs for t in m.inputs if t.name == KV_NAME)
+    return {"name": KV_NAME, "shape": list(kv.shape), "dtype": kv.dtype, "layout": KV_LAYOUT,
+            "bytes": fmt.tensor_bytes(kv.shape, kv.dtype), "init": "zeros", "first": ar[0], "last": ar[-1],
+            "rule": f"the host passes zeros to {ar[0]}; each step's {KV_NAME} output is the next step's input; "
+                    f"{ar[-1]} does not return it (nothing reads it afterwards)"}
+
+
+def versions() -> dict:
+    return {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+            "python": platform.python_version()}
+
+
+def build_manifest(hart: Hart, specs: list[MethodSpec], methods: list[dict], quantization: dict, source: dict,
+                   schedule: str | None, weights_file: str, weights_bytes: int, cfg: float,
+                   sizes: dict[str, int]) -> dict:
+    kv = kv_info(hart, specs)
+    return {
+        "format": fmt.FORMAT, "schema_version": fmt.SCHEMA_VERSION, "min_runtime_version": fmt.MIN_RUNTIME_VERSION,
+        "backend": "onnx",
+        "onnx": {"opset": OPSET, "contrib_domains": ["com.microsoft"], "weights_file": weights_file,
+                 "weights": "one external-data file shared by every graph; a tensor used by several graphs is "
+                            "stored once and has the same name and offset in each",
+                 "verified_providers": _CPU, "kv_cache": kv, "sizes": sizes},
+        "model": {"name": hart.cfg.name, "source": source, "image_size": hart.cfg.image_size, "batch": hart.B},
+        "call_order": [s.name for s in specs],
+        "methods": methods,
+        "schedule": fmt.schedule_info(hart, schedule),
+        "sampler": fmt.sampler_info(hart),
+        "rng": fmt.rng_info(specs),
+        "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
+        "quantization": quantization,
+        "memory": {"weights_bytes": weights_bytes, "kv_cache_bytes": kv["bytes"], "kv_cache_copies": 2,
+                   "formula": "peak ~ weights + 2 x KV cache (a step's input and output cache are alive together) "
+                              "+ the largest activation; onnxruntime maps weights.data, prepacked fp32 MatMul "
+                              "weights are per session"},
+        "parity": {"recipe": quantization["name"], "thresholds": PARITY_THRESHOLDS[quantization["name"]]},
+        "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
+        "versions": versions(),
+    }

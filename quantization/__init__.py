@@ -1,0 +1,1 @@
+"""Quantization recipes for the phone bundles (recipes.py) and sensitivity analysis."""

@@ -1,0 +1,49 @@
+"""Backends for the reference Pipeline, chosen by the manifest's `backend` field.
+
+A backend is any object with `name` and `run(method, inputs) -> outputs` (runtime_py.pipeline.Backend).
+Each factory takes a validated Bundle and imports its runtime lazily (executorch, onnxruntime and
+coremltools are heavy and optional), so adding a runtime means adding one entry here; Pipeline and
+the bundle reader do not change.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runtime_py.bundle import Bundle
+    from runtime_py.pipeline import Backend
+
+
+def _executorch(bundle: Bundle) -> Backend:
+    from runtime_py.backends.executorch import ExecuTorchBackend
+
+    return ExecuTorchBackend(bundle.root, bundle.manifest)
+
+
+def _onnx(bundle: Bundle) -> Backend:
+    from runtime_py.backends.onnx import OnnxBackend
+
+    return OnnxBackend(bundle.root, bundle.manifest)
+
+
+def _coreml(bundle: Bundle) -> Backend:
+    from runtime_py.backends.coreml import CoreMLBackend
+
+    return CoreMLBackend(bundle.root)
+
+
+BACKENDS: dict[str, Callable[[Bundle], Backend]] = {"executorch": _executorch, "onnx": _onnx, "coreml": _coreml}
+
+
+def register(name: str, factory: Callable[[Bundle], Backend]) -> None:
+    BACKENDS[name] = factory
+
+
+def create_backend(bundle: Bundle) -> Backend:
+    try:
+        factory = BACKENDS[bundle.backend]
+    except KeyError:
+        raise ValueError(f"{bundle.root}: unknown backend {bundle.backend!r} (known: {', '.join(BACKENDS)})") from None
+    return factory(bundle)

@@ -1,0 +1,37 @@
+"""ExecuTorch backend: one loaded Program per .pte artifact, methods mapped through the manifest.
+
+The AR program's methods share one mutable KV-cache allocation (exported with
+share_mutable_buffers), so the program must stay loaded for a whole generation: scale_01 reads the
+cache scale_00 wrote. Every cache slot a scale reads is written earlier in the same generation, so
+consecutive generations need no reset.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+
+class ExecuTorchBackend:
+    name = "executorch"
+
+    def __init__(self, root: str | Path, manifest: dict):
+        from executorch.runtime import Runtime
+
+        runtime = Runtime.get()
+        root = Path(root)
+        self.programs = {}
+        self.methods: dict[str, tuple[str, str]] = {}
+        for m in manifest["methods"]:
+            if m["file"] not in self.programs:
+                self.programs[m["file"]] = runtime.load_program(root / m["file"])
+            entry = m.get("entry", m["name"])
+            if entry not in self.programs[m["file"]].method_names:
+                raise ValueError(f"{root / m['file']}: has no method {entry!r} (manifest method {m['name']})")
+            self.methods[m["name"]] = (m["file"], entry)
+
+    def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        file, entry = self.methods[method]
+        outs = self.programs[file].load_method(entry).execute([t.contiguous() for t in inputs])
+        return list(outs)

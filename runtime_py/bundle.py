@@ -1,0 +1,151 @@
+"""Open an exported bundle: validate manifest + every file's size and sha256 before anything runs.
+
+`open_pipeline(dir)` is what `runtime_py.generate --bundle DIR` calls: it validates the bundle,
+rebuilds the method specs from manifest.json, loads the tokenizer and picks the backend named in the
+manifest (runtime_py/backends). Nothing here imports the model code that produced the bundle: the
+manifest is the whole contract, exactly as on a phone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+
+from model.stages import MethodSpec, TensorSpec
+from model.tokenizer import PromptTokenizer
+
+FORMAT = "hart-mobile-bundle"
+SCHEMA_VERSIONS = (1,)
+RUNTIME_VERSION = 1  # bumped when a bundle needs a newer reader; compared with min_runtime_version
+REQUIRED = ("format", "schema_version", "min_runtime_version", "backend", "call_order", "methods", "tokenizer",
+            "files")
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+
+
+class BundleError(ValueError):
+    """A bundle that must not be run (bad manifest, missing/changed/truncated file)."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _safe_rel(name: str) -> PurePosixPath:
+    p = PurePosixPath(name)
+    if p.is_absolute() or ".." in p.parts or not p.parts:
+        raise BundleError(f"manifest lists an unsafe path {name!r}")
+    return p
+
+
+def _tensor_spec(d: dict) -> TensorSpec:
+    return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d.get("source", "env"),
+                      d.get("rng", {}))
+
+
+@dataclass
+class Bundle:
+    root: Path
+    manifest: dict
+
+    @classmethod
+    def open(cls, root: str | Path, verify_hashes: bool = True) -> Bundle:
+        """Validate everything up front; raises BundleError naming the offending file or field."""
+        root = Path(root)
+        mpath = root / "manifest.json"
+        if not mpath.is_file():
+            raise BundleError(f"{root}: no manifest.json (not a bundle folder)")
+        try:
+            manifest = json.loads(mpath.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise BundleError(f"{mpath}: not valid JSON ({e})") from None
+        _check_header(manifest, mpath)
+        _check_files(root, manifest["files"], verify_hashes)
+        files = manifest["files"]
+        for m in manifest["methods"]:
+            if m["file"] not in files:
+                raise BundleError(f"{mpath}: method {m['name']} uses {m['file']}, which is not in the file table")
+        if manifest["tokenizer"]["file"] not in files:
+            raise BundleError(f"{mpath}: tokenizer file {manifest['tokenizer']['file']} is not in the file table")
+        names = [m["name"] for m in manifest["methods"]]
+        if names != manifest["call_order"]:
+            raise BundleError(f"{mpath}: methods {names} do not follow call_order {manifest['call_order']}")
+        return cls(root, manifest)
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def specs(self) -> list[MethodSpec]:
+        return [MethodSpec(m["name"], m["component"], tuple(_tensor_spec(t) for t in m["inputs"]),
+                           tuple(_tensor_spec(t) for t in m["outputs"])) for m in self.manifest["methods"]]
+
+    @property
+    def default_cfg(self) -> float:
+        return float(self.manifest.get("sampler", {}).get("cfg_default", 4.5))
+
+    @property
+    def thresholds(self) -> dict:
+        return self.manifest.get("parity", {}).get("thresholds", {})
+
+    def tokenizer(self) -> PromptTokenizer:
+        t = self.manifest["tokenizer"]
+        return PromptTokenizer.from_file(self.root / t["file"], max_tokens=t["max_tokens"], pad_token=t["pad_token"])
+
+    def golden(self) -> dict[tuple[str, str], list[torch.Tensor]]:
+        """{(method, "in"|"out"): tensors in spec order} from golden/index.json (hashes already checked)."""
+        index = json.loads((self.root / "golden" / "index.json").read_text())
+        out: dict[tuple[str, str], list[torch.Tensor]] = {}
+        for e in sorted(index["tensors"], key=lambda e: e["index"]):
+            raw = np.fromfile(self.root / "golden" / e["file"], dtype=np.dtype(_NP[e["dtype"]]).newbyteorder("<"))
+            t = torch.from_numpy(raw.astype(_NP[e["dtype"]]).reshape(e["shape"]))
+            out.setdefault((e["method"], e["io"]), []).append(t)
+        return out
+
+    def golden_info(self) -> dict:
+        index = json.loads((self.root / "golden" / "index.json").read_text())
+        return {k: index[k] for k in ("prompt", "seed", "cfg")}
+
+
+def _check_header(m: dict, mpath: Path) -> None:
+    missing = [k for k in REQUIRED if k not in m]
+    if missing:
+        raise BundleError(f"{mpath}: missing field(s) {', '.join(missing)}")
+    if m["format"] != FORMAT:
+        raise BundleError(f"{mpath}: format {m['format']!r} is not {FORMAT!r}")
+    if m["schema_version"] not in SCHEMA_VERSIONS:
+        raise BundleError(f"{mpath}: schema_version {m['schema_version']} is not supported "
+                          f"(this runtime reads {list(SCHEMA_VERSIONS)})")
+    if int(m["min_runtime_version"]) > RUNTIME_VERSION:
+        raise BundleError(f"{mpath}: needs runtime version >= {m['min_runtime_version']}, this is {RUNTIME_VERSION}")
+
+
+def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
+    for name, meta in files.items():
+        path = root / _safe_rel(name)
+        if not path.is_file():
+            raise BundleError(f"{path}: missing (listed in manifest.json)")
+        size = path.stat().st_size
+        if size != meta["bytes"]:
+            raise BundleError(f"{path}: size {size} bytes, manifest says {meta['bytes']} (truncated or replaced)")
+        if verify_hashes and _sha256(path) != meta["sha256"]:
+            raise BundleError(f"{path}: sha256 does not match manifest.json (file was modified)")
+
+
+def open_pipeline(bundle_dir: str | Path, backend=None, progress=None):
+    """(Pipeline, Bundle) for a bundle folder; `backend` overrides the manifest's choice."""
+    from runtime_py.backends import create_backend
+    from runtime_py.pipeline import Pipeline
+
+    bundle = Bundle.open(bundle_dir)
+    be = backend if backend is not None else create_backend(bundle)
+    return Pipeline(bundle.specs, be, bundle.tokenizer(), progress=progress), bundle
