@@ -19,6 +19,7 @@ from torch import nn
 
 from model.hart import Hart
 from model.stages import method_specs
+from quantization.recipes import AR_KEEP_PREFIXES, torchao_config
 from runtime_py.cli import OneLineParser
 from runtime_py.pipeline import EagerBackend, Pipeline
 
@@ -33,27 +34,16 @@ KINDS = {  # linear kind -> FQN predicate
 }
 
 
-def torchao_config(recipe: str, group_size: int = 32):
-    """The 8da4w / 8da8w torchao configs (never weight-only: silently wrong under XNNPACK)."""
-    from torchao.quantization import Int8DynamicActivationIntxWeightConfig
-    from torchao.quantization.granularity import PerAxis, PerGroup
-
-    if recipe == "8da4w":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int4, weight_granularity=PerGroup(group_size))
-    if recipe == "8da8w":
-        return Int8DynamicActivationIntxWeightConfig(weight_dtype=torch.int8, weight_granularity=PerAxis(0))
-    raise ValueError(f"unknown recipe {recipe!r} (8da4w or 8da8w)")
-
-
-def linear_names(ar: nn.Module, group_size: int) -> list[str]:
-    """Quantizable Linear layers of the AR transformer (diffusion head and level embedding excluded)."""
-    skip = ("diffloss.", "lvl_embed.")
+def linear_names(ar: nn.Module, group_size: int, recipe: str = "8da4w") -> list[str]:
+    """Linears the exporters quantize (quantization/recipes.py rules: level embedding and diffusion head
+    stay float; per-group int4 needs in_features divisible by the group size)."""
     return [n for n, m in ar.named_modules()
-            if isinstance(m, nn.Linear) and not n.startswith(skip) and m.in_features % group_size == 0]
+            if isinstance(m, nn.Linear) and not n.startswith(AR_KEEP_PREFIXES)
+            and not (recipe == "8da4w" and m.in_features % group_size)]
 
 
-def groups(ar: nn.Module, group_size: int) -> dict[str, list[str]]:
-    names = linear_names(ar, group_size)
+def groups(ar: nn.Module, group_size: int, recipe: str = "8da4w") -> dict[str, list[str]]:
+    names = linear_names(ar, group_size, recipe)
     out = {f"block{i}": [n for n in names if n.startswith(f"blocks.{i}.")] for i in range(len(ar.blocks))}
     for kind, match in KINDS.items():
         out[kind] = [n for n in names if match(n)]
@@ -116,8 +106,8 @@ def compare(ref: list[torch.Tensor], test: list[torch.Tensor]) -> dict:
 def run(hart: Hart, recipe: str, group_size: int, prompt: str, seeds: list[int], cfg: float, progress=None) -> dict:
     inputs = {s: reference_forcing(hart, prompt, s, cfg) for s in seeds}
     ref = {s: teacher_forced_logits(hart, inputs[s], cfg) for s in seeds}
-    grp = groups(hart.ar, group_size)
-    grp["all"] = linear_names(hart.ar, group_size)
+    grp = groups(hart.ar, group_size, recipe)
+    grp["all"] = linear_names(hart.ar, group_size, recipe)
     results = {}
     items = progress(grp.items(), "groups") if progress else grp.items()
     for name, layers in items:
