@@ -29,6 +29,7 @@ from model.config import DEFAULT_SEED
 from model.diffusion import VAE_SCALE
 from model.hart import Hart
 from model.stages import MethodSpec
+from runtime_py.bundle import sha256_file
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSION = 1
@@ -62,14 +63,6 @@ PARITY_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
         "end_to_end": {"token_agreement": 0.25, "closed_loop_agreement": 0.60, "image_psnr_db": 8.0},
     },
 }
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def file_table(root: Path) -> dict[str, dict]:
@@ -109,6 +102,18 @@ def staging(dest: Path) -> Iterator[Path]:
 def check_destination(dest: Path) -> None:
     if dest.exists() and (not dest.is_dir() or (any(dest.iterdir()) and not (dest / "manifest.json").is_file())):
         raise ValueError(f"--out {dest} exists and is not a bundle folder; choose another path or remove it")
+
+
+def check_export_args(p, a, default_out: Path | None) -> None:
+    """Checks every exporter CLI shares: --checkpoint is a folder, --out is free or an old bundle."""
+    if a.checkpoint is not None and not a.checkpoint.is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    a.out = a.out or default_out
+    if a.out is not None:
+        try:
+            check_destination(a.out.absolute())
+        except ValueError as e:
+            p.error(str(e))
 
 
 # ---- golden tensors ---------------------------------------------------------------------------

@@ -183,15 +183,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/coreml-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
     if not 1 <= a.block_size <= 4096 or a.block_size & (a.block_size - 1):
         p.error(f"--block-size must be a power of two in [1, 4096], got {a.block_size}")
-    if a.out is not None:
-        try:
-            fmt.check_destination(a.out.absolute())
-        except ValueError as e:
-            p.error(str(e))
+    fmt.check_export_args(p, a, None)
     a.schedule_name = a.schedule
     try:
         a.schedule = parse_schedule(a.schedule) if a.schedule else None

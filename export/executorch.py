@@ -257,15 +257,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/executorch-<quant>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
     if a.group_size <= 0 or a.group_size % 2:
         p.error(f"--group-size must be a positive even number, got {a.group_size}")
-    a.out = a.out or Path("bundles") / f"executorch-{a.quant}"
-    try:
-        fmt.check_destination(a.out.absolute())
-    except ValueError as e:
-        p.error(str(e))
+    fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
     return a
 
 

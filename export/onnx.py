@@ -160,13 +160,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/onnx-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
-    a.out = a.out or Path("bundles") / f"onnx-{a.quant}"
-    try:
-        fmt.check_destination(a.out.absolute())
-    except ValueError as e:
-        p.error(str(e))
+    fmt.check_export_args(p, a, Path("bundles") / f"onnx-{a.quant}")
     return a
 
 

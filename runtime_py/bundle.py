@@ -31,7 +31,7 @@ class BundleError(ValueError):
     """A bundle that must not be run (bad manifest, missing/changed/truncated file)."""
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -137,7 +137,7 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
         size = path.stat().st_size
         if size != meta["bytes"]:
             raise BundleError(f"{path}: size {size} bytes, manifest says {meta['bytes']} (truncated or replaced)")
-        if verify_hashes and _sha256(path) != meta["sha256"]:
+        if verify_hashes and sha256_file(path) != meta["sha256"]:
             raise BundleError(f"{path}: sha256 does not match manifest.json (file was modified)")
 
 
