@@ -7,6 +7,7 @@ phone loop that passes tensors by name and allocates zeros for `source: zeros` n
 
 from __future__ import annotations
 
+import math
 import platform
 
 import onnx
@@ -16,7 +17,7 @@ import torch
 from export import bundle as fmt
 from export.onnx_graphs import KV_LAYOUT, KV_NAME, OPSET, onnx_io_names
 from model.hart import Hart
-from model.stages import MethodSpec
+from model.stages import MethodSpec, torch_dtype
 
 _CPU = ["CPUExecutionProvider"]
 # Priority lists for a phone (nodes a provider cannot take fall back to the next one). MatMulNBits and
@@ -76,8 +77,9 @@ def quantization_info(quant: str, recipe: dict[str, str], quantized: dict[str, s
 def kv_info(hart: Hart, specs: list[MethodSpec]) -> dict:
     ar = [m.name for m in specs if m.component == "ar_transformer"]
     kv = next(t for m in specs for t in m.inputs if t.name == KV_NAME)
+    nbytes = math.prod(kv.shape) * torch.empty((), dtype=torch_dtype(kv.dtype)).element_size()
     return {"name": KV_NAME, "shape": list(kv.shape), "dtype": kv.dtype, "layout": KV_LAYOUT,
-            "bytes": fmt.tensor_bytes(kv.shape, kv.dtype), "init": "zeros", "first": ar[0], "last": ar[-1],
+            "bytes": nbytes, "init": "zeros", "first": ar[0], "last": ar[-1],
             "rule": f"the host passes zeros to {ar[0]}; each step's {KV_NAME} output is the next step's input; "
                     f"{ar[-1]} does not return it (nothing reads it afterwards)"}
 
