@@ -3,9 +3,11 @@
 # debootstrap chroot cached at $HART_MOBILE_CACHE/swift-chroot (built from scratch when missing), then
 #   1. swift build + swift test of the DemoCore package (XCTest; golden vectors from docs/),
 #   2. the benchmark JSON a test wrote, validated with benchmarks/schema.py (stdlib only),
-#   3. swiftc -parse over the SwiftUI / Core ML app sources (syntax only: no SwiftUI/CoreML on Linux),
-#   4. swift-format lint --strict, 5. a grep that DemoCore imports nothing but Foundation.
-# Prints exactly one line "swift: N passed, N failed" (XCTest tests + the 4 checks 2-5) and exits
+#   3. swiftc -parse over the SwiftUI / Core ML app and benchmark-test sources (syntax only: no
+#      SwiftUI/CoreML/Apple XCTest on Linux),
+#   4. swift-format lint --strict, 5. a grep that DemoCore imports nothing but Foundation,
+#   6. `python -m benchmarks.ios --log` over the marker-framed JSON a test emitted (Swift -> Python).
+# Prints exactly one line "swift: N passed, N failed" (XCTest tests + the 5 checks 2-6) and exits
 # non-zero on any failure, setup included. The chroot's /proc mount is always undone (trap).
 set -euo pipefail
 
@@ -85,7 +87,7 @@ log "toolchain ready in $((t_tools - t_start)) s"
 
 # ---- sources into the chroot (the package's .build cache is kept between runs) ----------------
 mkdir -p "$ROOT$INNER/ios_demo/DemoCore"
-rm -rf "$ROOT$INNER/docs" "$ROOT$INNER/ios_demo/App" "$ROOT$INNER/ios_demo/DemoCore/Sources" \
+rm -rf "$ROOT$INNER/docs" "$ROOT$INNER/ios_demo/App" "$ROOT$INNER/ios_demo/BenchmarkTests" "$ROOT$INNER/ios_demo/DemoCore/Sources" \
   "$ROOT$INNER/ios_demo/DemoCore/Tests" "$OUT"
 tar -C "$REPO" -cf - --exclude=.build --exclude=.swiftpm ios_demo docs | tar -C "$ROOT$INNER" -xf -
 mkdir -p "$OUT"
@@ -96,7 +98,7 @@ in_chroot sh -c "cd $INNER/ios_demo/DemoCore && swift build --build-tests" >&2
 t_build=$(date +%s)
 log "built in $((t_build - t_tools)) s"
 set +e
-in_chroot env BENCHMARK_OUT="$INNER/out/benchmark.json" REPO_ROOT="$INNER" \
+in_chroot env BENCHMARK_OUT="$INNER/out/benchmark.json" BENCHMARK_FRAMED_OUT="$INNER/out/benchmark-framed.log" REPO_ROOT="$INNER" \
   sh -c "cd $INNER/ios_demo/DemoCore && swift test --skip-build --disable-swift-testing" >"$OUT/xctest.log" 2>&1
 test_rc=$?
 set -e
@@ -119,11 +121,16 @@ fi
 
 # ---- checks ------------------------------------------------------------------------------------
 check "benchmark JSON matches benchmarks/schema.py" bench_schema
-app_files=$(cd "$HERE" && ls App/*.swift | sed "s#^#$INNER/ios_demo/#" | tr '\n' ' ')
-check "swiftc -parse App/*.swift" in_chroot sh -c "swiftc -parse $app_files >&2"
-check "swift-format lint --strict" in_chroot sh -c "cd $INNER/ios_demo && swift-format lint --strict --configuration .swift-format -r DemoCore/Sources DemoCore/Tests DemoCore/Package.swift App >&2"
+app_files=$(cd "$HERE" && ls App/*.swift BenchmarkTests/*.swift | sed "s#^#$INNER/ios_demo/#" | tr '\n' ' ')
+check "swiftc -parse App/*.swift BenchmarkTests/*.swift" in_chroot sh -c "swiftc -parse $app_files >&2"
+check "swift-format lint --strict" in_chroot sh -c "cd $INNER/ios_demo && swift-format lint --strict --configuration .swift-format -r DemoCore/Sources DemoCore/Tests DemoCore/Package.swift App BenchmarkTests >&2"
 foundation_only() { ! grep -rnE '^\s*import ' "$HERE/DemoCore/Sources/DemoCore" | grep -vE 'import Foundation$'; }
 check "DemoCore imports only Foundation" foundation_only
+bench_framed() {
+  [ -s "$OUT/benchmark-framed.log" ] &&
+    (cd "$REPO" && python3 -m benchmarks.ios --log "$OUT/benchmark-framed.log" --out "$OUT/ios-benchmark.json") >&2
+}
+check "benchmarks.ios parses the framed JSON a test emitted" bench_framed
 
 t_end=$(date +%s)
 log "tests + checks in $((t_end - t_build)) s; total $((t_end - t_start)) s"
