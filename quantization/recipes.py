@@ -20,7 +20,7 @@ from torch import nn
 
 from model.hart import Hart
 
-RECIPES = ("fp32", "8da8w", "8da4w")
+RECIPES = ("fp32", "8da8w", "8da4w", "auto")  # auto: per-layer AR plan from quantization/auto.py
 COMPONENTS = ("text_encoder", "ar_transformer", "diffusion_head", "vae_decoder")
 # AR Linear layers kept in fp32 on purpose (relative to hart.ar): the tiny level-embedding MLP runs
 # on a constant input, and the diffusion head is its own component.
@@ -37,10 +37,13 @@ class ComponentRecipe:
     quantized: tuple[str, ...] = ()  # Linear FQNs (relative to the Hart) converted by torchao
     kept_float: tuple[str, ...] = ()  # Linear FQNs deliberately left in float, with `why`
     why: str = ""
+    layers: dict[str, str] = field(default_factory=dict)  # auto only: Linear FQN -> 8da4w | 8da8w | fp32
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["quantized"], d["kept_float"] = list(self.quantized), list(self.kept_float)
+        if not self.layers:
+            d.pop("layers")
         return d
 
 
@@ -49,10 +52,14 @@ class Recipe:
     name: str
     group_size: int
     components: dict[str, ComponentRecipe] = field(default_factory=dict)
+    plan: dict | None = None  # auto only: quantization.auto.Plan.to_json() (budget, measurements)
 
     def to_json(self) -> dict:
-        return {"name": self.name, "group_size": self.group_size,
-                "components": {k: v.to_json() for k, v in self.components.items()}}
+        d = {"name": self.name, "group_size": self.group_size,
+             "components": {k: v.to_json() for k, v in self.components.items()}}
+        if self.plan is not None:
+            d["auto"] = {k: v for k, v in self.plan.items() if k != "layers"}
+        return d
 
 
 def torchao_config(scheme: str, group_size: int = 32):
@@ -77,6 +84,28 @@ def component_schemes(recipe: str, vae_dtype: str) -> dict[str, str]:
     return {"text_encoder": "8da8w", "ar_transformer": recipe, "diffusion_head": "fp16", "vae_decoder": vae_dtype}
 
 
+def check_plan(hart: Hart, plan: dict, group_size: int) -> dict[str, str]:
+    """The plan's {layer: scheme}, after checking it fits this model and these exporter settings."""
+    layers = plan.get("layers") or {}
+    if plan.get("backend") != "executorch":
+        raise ValueError(f"the auto plan was searched for {plan.get('backend')!r}, not executorch; re-run the search")
+    if plan.get("group_size") != group_size:
+        raise ValueError(f"the auto plan used group size {plan.get('group_size')}, the export {group_size}")
+    bad = sorted(s for s in set(layers.values()) if s not in ("8da4w", "8da8w", "fp32"))
+    missing = [n for n in layers if not isinstance(_get(hart.ar, n), nn.Linear)]
+    if not layers or bad or missing:
+        raise ValueError(f"the auto plan does not fit this model (schemes {bad}, unknown layers {missing[:3]}); "
+                         "re-run the search on this checkpoint")
+    return layers
+
+
+def _get(root: nn.Module, fqn: str) -> nn.Module | None:
+    try:
+        return root.get_submodule(fqn)
+    except AttributeError:
+        return None
+
+
 def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int,
                       keep: tuple[str, ...]) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """quantize_ every eligible Linear under `root`; returns (quantized, kept float) FQNs."""
@@ -99,17 +128,42 @@ def _quantize_linears(root: nn.Module, prefix: str, scheme: str, group_size: int
     return tuple(done), tuple(kept)
 
 
-def apply_recipe(hart: Hart, recipe: str, group_size: int = 32, vae_dtype: str = "fp32") -> tuple[Hart, Recipe]:
-    """A quantized deep copy of `hart` and the record of what was done to each component."""
+def apply_recipe(hart: Hart, recipe: str, group_size: int = 32, vae_dtype: str = "fp32",
+                 plan: dict | None = None) -> tuple[Hart, Recipe]:
+    """A quantized deep copy of `hart` and the record of what was done to each component
+    (`plan`: quantization.auto.Plan.to_json(), required by the auto recipe)."""
     if group_size <= 0 or group_size % 2:
         raise ValueError(f"group size must be a positive even number, got {group_size}")
     if vae_dtype not in ("fp16", "fp32"):
         raise ValueError(f"vae_dtype must be fp16 or fp32, got {vae_dtype!r}")
+    if (recipe == "auto") != (plan is not None):
+        raise ValueError("the auto recipe needs a plan (quantization.auto), and only it takes one")
+    layers = check_plan(hart, plan, group_size) if plan is not None else {}
     q = copy.deepcopy(hart).eval().requires_grad_(False)
-    out = Recipe(recipe, group_size)
+    out = Recipe(recipe, group_size, plan=plan)
     for comp, scheme in component_schemes(recipe, vae_dtype).items():
-        out.components[comp] = _apply_component(q, comp, scheme, group_size)
+        out.components[comp] = (_apply_plan(q, layers, group_size) if scheme == "auto"
+                                else _apply_component(q, comp, scheme, group_size))
     return q, out
+
+
+def _apply_plan(q: Hart, layers: dict[str, str], group_size: int) -> ComponentRecipe:
+    """AR transformer per layer: one torchao quantize_ per scheme, each with a filter function."""
+    from torchao.quantization import quantize_
+
+    done = []
+    for scheme in ("8da4w", "8da8w"):
+        wanted = {n for n, s in layers.items() if s == scheme}
+        if wanted:
+            quantize_(q.ar, torchao_config(scheme, group_size), filter_fn=lambda m, fqn, w=wanted: fqn in w)
+            done += sorted(wanted)
+    kept = [n for n, m in q.ar.named_modules() if isinstance(m, nn.Linear) and n not in done
+            and not n.startswith("diffloss")]
+    counts = {s: sum(v == s for v in layers.values()) for s in ("8da4w", "8da8w", "fp32")}
+    return ComponentRecipe("ar_transformer", "auto", group_size, tuple("ar." + n for n in done),
+                           tuple("ar." + n for n in kept),
+                           f"per-layer plan from quantization.auto ({counts}); layers outside the plan stay fp32",
+                           {"ar." + n: s for n, s in sorted(layers.items())})
 
 
 def _apply_component(q: Hart, comp: str, scheme: str, group_size: int) -> ComponentRecipe:

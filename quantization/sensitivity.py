@@ -156,6 +156,15 @@ def chart(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def write_results(folder: Path, stem: str, res: dict, md: str, draw) -> str:
+    """<stem>.json, <stem>.md and <stem>.png (drawn by `draw(res, path)`) in `folder`; returns the markdown."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
+    (folder / f"{stem}.md").write_text(md)
+    draw(res, folder / f"{stem}.png")
+    return md
+
+
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
@@ -178,12 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     hart = default_model() if a.checkpoint is None else load(a.checkpoint)
     res = run(hart, a.recipe, a.group_size, a.prompt, a.seeds, a.cfg,
               progress=lambda it, d: tqdm(list(it), desc=d, file=sys.stderr))
-    a.out.mkdir(parents=True, exist_ok=True)
-    (a.out / "sensitivity.json").write_text(json.dumps(res, indent=1) + "\n")
-    md = markdown(res)
-    (a.out / "sensitivity.md").write_text(md)
-    chart(res, a.out / "sensitivity.png")
-    print(md)
+    print(write_results(a.out, "sensitivity", res, markdown(res), chart))
     return 0
 
 
