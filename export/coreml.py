@@ -24,6 +24,7 @@ from export import coreml_convert as cc
 from export.coreml_manifest import PACKAGES, build_manifest
 from model.config import SCHEDULES
 from model.hart import Hart
+from model.memory import with_memory_mode
 from model.stages import method_specs
 from runtime_py.cli import OneLineParser
 
@@ -35,9 +36,16 @@ class Report:
     total_seconds: float = 0.0
 
 
-def recipes_for(quant: str, block_size: int, text_quant: str | None) -> dict[str, cc.QuantRecipe]:
+def recipes_for(quant: str, block_size: int, text_quant: str | None,
+                plan: dict | None = None) -> dict[str, cc.QuantRecipe]:
     text = text_quant or ("fp16" if quant == "fp16" else "int8")
-    return {"text_encoder": cc.QuantRecipe(text, block_size), "ar_transformer": cc.QuantRecipe(quant, block_size),
+    if (quant == "auto") != (plan is not None):
+        raise ValueError("--quant auto needs a plan (quantization.auto), and only it takes one")
+    if plan is not None and (plan.get("backend") != "coreml" or plan.get("group_size") != block_size):
+        raise ValueError(f"the auto plan was searched for {plan.get('backend')} with group size "
+                         f"{plan.get('group_size')}, not coreml with block size {block_size}; re-run the search")
+    return {"text_encoder": cc.QuantRecipe(text, block_size),
+            "ar_transformer": cc.QuantRecipe(quant, block_size, plan),
             "diffusion_head": cc.QuantRecipe("fp16"), "vae_decoder": cc.QuantRecipe("fp16")}
 
 
@@ -129,12 +137,13 @@ def golden_trace(hart: Hart, specs) -> tuple[dict, float]:
 
 def export_coreml(hart: Hart, out: Path, quant: str = "int4", block_size: int = 32, text_quant: str | None = None,
                   compute_units: str = "all", source: dict | None = None, schedule: str | None = None,
-                  progress: bool = True) -> Report:
-    """Convert, quantize, merge, write golden + manifest; the bundle appears at `out` only when complete."""
+                  progress: bool = True, plan: dict | None = None) -> Report:
+    """Convert, quantize, merge, write golden + manifest; the bundle appears at `out` only when complete.
+    `plan`: the per-layer AR recipe of quant="auto" (quantization.auto.Plan.to_json(), backend coreml)."""
     if hart.text is None:
         raise ValueError("the model has no text encoder (the bundle needs one)")
     t_start = time.perf_counter()
-    recipes = recipes_for(quant, block_size, text_quant)
+    recipes = recipes_for(quant, block_size, text_quant, plan)
     specs = method_specs(hart)
     with fmt.staging(out) as tmp:
         trace, cfg = golden_trace(hart, specs)
@@ -172,19 +181,36 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m export.coreml",
                       description="Export HART to a Core ML bundle (multifunction AR with KV states, iOS18).")
     p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint folder (default: seeded default model)")
-    p.add_argument("--quant", choices=cc.QUANT_CHOICES, default="int4",
-                   help="AR weights: int4 per-block (default), int8 per-channel, fp16")
+    p.add_argument("--quant", choices=(*cc.QUANT_CHOICES, "auto"), default="int4",
+                   help="AR weights: int4 per-block (default), int8 per-channel, fp16, or auto = per-layer "
+                        "int4/int8/fp16 plan meeting --budget")
+    p.add_argument("--budget", type=float,
+                   help="auto: minimum teacher-forced token agreement with fp32 eager (0-1], checked by the gate")
+    p.add_argument("--plan", type=Path,
+                   help="auto: reuse a plan written by python -m quantization.auto --backend coreml")
     p.add_argument("--block-size", type=int, default=32, help="int4 block size along the input axis (default 32)")
     p.add_argument("--text-quant", choices=cc.QUANT_CHOICES,
                    help="text encoder weights (default int8; fp16 with --quant fp16)")
     p.add_argument("--compute-units", choices=cc.COMPUTE_UNITS, default="all",
                    help="recommended MLComputeUnits recorded in the manifest (default all)")
     p.add_argument("--schedule", help=f"scale schedule: {', '.join(SCHEDULES)} or sides like 1,2,4 (default: model's)")
+    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp16",
+                   help="KV cache memory mode: Core ML states are fp16 only, so fp16 is the one accepted (default)")
+    p.add_argument("--attn-chunk", type=int, default=0,
+                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/coreml-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if not 1 <= a.block_size <= 4096 or a.block_size & (a.block_size - 1):
         p.error(f"--block-size must be a power of two in [1, 4096], got {a.block_size}")
+    if a.kv_cache != "fp16":
+        p.error(f"--kv-cache {a.kv_cache}: Core ML states (the KV cache) are fp16 only (iOS 18 MLState; ct.convert "
+                "rejects other state dtypes), so an int8 or fp32 cache cannot be exported; use --kv-cache fp16 "
+                "(half of fp32) with --attn-chunk N to cut the attention peak, or export.executorch / export.onnx "
+                "--kv-cache int8 for an int8 cache")
+    if a.attn_chunk < 0:
+        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
+    fmt.check_auto_args(p, a)
     fmt.check_export_args(p, a, None)
     a.schedule_name = a.schedule
     try:
@@ -202,10 +228,11 @@ def main(argv: list[str] | None = None) -> int:
         from model.build import default_model
 
         hart = default_model() if a.checkpoint is None else load(a.checkpoint)
-        hart = with_schedule(hart, a.schedule)
+        hart = with_memory_mode(with_schedule(hart, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
         source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
+        plan = fmt.auto_plan(hart, a, "coreml", a.block_size) if a.quant == "auto" else None
         rep = export_coreml(hart, out, a.quant, a.block_size, a.text_quant, a.compute_units, source,
-                            a.schedule_name, progress=not a.quiet)
+                            a.schedule_name, progress=not a.quiet, plan=plan)
     except (ValueError, FileNotFoundError) as e:
         print(f"error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
         return 2

@@ -24,26 +24,40 @@ from export.coreml_graph import export_stage, fp16_selector
 from model.stages import MethodSpec, example_inputs
 
 QUANT_CHOICES = ("int4", "int8", "fp16")
+AUTO_DEFAULT = "int8"  # auto recipe: AR parameters outside the per-layer plan (embeddings, codebook)
 COMPUTE_UNITS = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
 WEIGHT_THRESHOLD = 2048  # coremltools default: smaller tensors stay fp16
 OUT_SUFFIX = "_out"
-_CONST_NAME = re.compile(r"^[pbc]_(?P<base>.+?)(?:_to_fp16)?(?:_quantized)?$")
+CONST_NAME = re.compile(r"^[pbc]_(?P<base>.+?)(?:_to_fp16)?(?:_quantized)?$")
 
 
 @dataclass(frozen=True)
 class QuantRecipe:
     """How one package stores its weights."""
 
-    dtype: str  # int4 | int8 | fp16
+    dtype: str  # int4 | int8 | fp16 | auto (per layer, from `plan`)
     block_size: int = 32
+    plan: dict | None = None  # auto: quantization.auto.Plan.to_json() searched for coreml
 
     @property
     def granularity(self) -> str | None:
         return {"int4": "per_block", "int8": "per_channel"}.get(self.dtype)
 
+    def layer_dtypes(self) -> dict[str, str]:
+        """auto: {sanitized torch parameter name ('hart_ar_head_weight'): int4 | int8 | fp16}."""
+        layers = (self.plan or {}).get("layers", {})
+        return {f"hart.ar.{n}.weight".replace(".", "_").lower(): s for n, s in layers.items()}
+
     def to_json(self) -> dict:
         if self.dtype == "fp16":
             return {"dtype": "fp16"}
+        if self.dtype == "auto":
+            return {"dtype": "auto", "mode": "linear_symmetric", "block_size": self.block_size,
+                    "weight_threshold": WEIGHT_THRESHOLD, "default": AUTO_DEFAULT,
+                    "layers": {f"ar.{n}": s for n, s in sorted(self.plan["layers"].items())},
+                    "auto": {k: v for k, v in self.plan.items() if k != "layers"},
+                    "scope": "per-layer plan (op_name_configs); other torch parameters above the threshold "
+                             f"{AUTO_DEFAULT}"}
         d = {"dtype": self.dtype, "mode": "linear_symmetric", "granularity": self.granularity,
              "weight_threshold": WEIGHT_THRESHOLD, "scope": "torch parameters (p_* consts) above the threshold"}
         if self.dtype == "int4":
@@ -76,7 +90,7 @@ def param_index(hart: torch.nn.Module) -> dict[str, str]:
 
 def const_to_param(const_name: str, index: dict[str, str]) -> str | None:
     """Map a MIL const / constexpr output name back to the torch FQN it was converted from (None: derived)."""
-    m = _CONST_NAME.match(const_name)
+    m = CONST_NAME.match(const_name)
     return index.get(m.group("base").lower()) if m else None
 
 
@@ -140,12 +154,24 @@ def quantize(mlmodel, recipe: QuantRecipe, index: dict[str, str]):
         return mlmodel
     import coremltools.optimize.coreml as cto
 
-    op_cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=recipe.dtype, granularity=recipe.granularity,
-                                         block_size=recipe.block_size, weight_threshold=WEIGHT_THRESHOLD)
+    def op_cfg(dtype: str):
+        if dtype == "fp16":
+            return None
+        return cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype=dtype,
+                                           granularity=QuantRecipe(dtype).granularity,
+                                           block_size=recipe.block_size, weight_threshold=WEIGHT_THRESHOLD)
+
     consts = [op.outputs[0].name for f in mlmodel._mil_program.functions.values()
               for op in f.find_ops(op_type="const")]
-    skip = {n: None for n in consts if not n.startswith("p_") or const_to_param(n, index) is None}
-    cfg = cto.OptimizationConfig(global_config=op_cfg, op_name_configs=skip)
+    per_op = {n: None for n in consts if not n.startswith("p_") or const_to_param(n, index) is None}
+    if recipe.dtype == "auto":  # the plan's layers by op name; the rest of the parameters: AUTO_DEFAULT
+        layers = recipe.layer_dtypes()
+        for n in consts:
+            m = CONST_NAME.match(n)
+            if n not in per_op and m and m.group("base").lower() in layers:
+                per_op[n] = op_cfg(layers[m.group("base").lower()])
+    default = op_cfg(AUTO_DEFAULT if recipe.dtype == "auto" else recipe.dtype)
+    cfg = cto.OptimizationConfig(global_config=default, op_name_configs=per_op)
     return cto.linear_quantize_weights(mlmodel, config=cfg)
 
 

@@ -46,9 +46,16 @@ AR_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
 TEXT_SQNR_DB = {"fp16": 45.0, "int8": 30.0, "int4": 10.0}
 
 
-def parity_thresholds(ar: str, text: str) -> dict[str, dict[str, float]]:
-    """Thresholds for one recipe pair; an int4 text encoder also relaxes end to end to the int4 row."""
-    t = {k: dict(v) for k, v in AR_THRESHOLDS[ar].items()}
+def parity_thresholds(ar: str, text: str, plan: dict | None = None) -> dict[str, dict[str, float]]:
+    """Thresholds for one recipe pair; an int4 text encoder also relaxes end to end to the int4 row.
+    auto: the budget is the teacher-forced token agreement; the rest from the coarsest dtype in the plan."""
+    if ar == "auto":
+        used = set(plan["layers"].values())
+        base = next(d for d in ("int4", "int8", "fp16") if d in used or d == "fp16")
+        t = {k: dict(v) for k, v in AR_THRESHOLDS[base].items()}
+        t["teacher_forced"]["token_agreement"] = float(plan["budget"])
+    else:
+        t = {k: dict(v) for k, v in AR_THRESHOLDS[ar].items()}
     if text == "int4":
         t["end_to_end"] = dict(AR_THRESHOLDS["int4"]["end_to_end"])
     t["components"] = {"text_sqnr_db": TEXT_SQNR_DB[text], "diffusion_psnr_db": 40.0, "vae_psnr_db": 50.0}
@@ -113,7 +120,11 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], quant: str, block_size: 
         "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
         "quantization": {"name": quant, "block_size": block_size,
                          "components": {c: r.to_json() for c, r in recipes.items()}},
-        "parity": {"recipe": quant, "thresholds": parity_thresholds(quant, recipes["text_encoder"].dtype)},
+        "memory": {"mode": {"kv_cache": "fp16", "attn_chunk": hart.cfg.attn_chunk, "full_precision": False,
+                            "reference_mode": {"kv_cache": "fp32", "attn_chunk": hart.cfg.attn_chunk},
+                            "why": "Core ML states are fp16 only; golden/ and parity use the fp32-cache eager model"}},
+        "parity": {"recipe": quant, "thresholds": parity_thresholds(quant, recipes["text_encoder"].dtype,
+                                                                     recipes["ar_transformer"].plan)},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),
     }

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from export import bundle as fmt
 from model.config import SCHEDULES
 from model.hart import Hart
+from model.memory import with_memory_mode
 from model.stages import MethodSpec, Stage, example_inputs, method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
 from runtime_py.cli import OneLineParser
@@ -68,7 +69,26 @@ def export_program(hart: Hart, specs: list[MethodSpec]) -> tuple[bytes, dict]:
     return et.buffer, {"params": sum(weights.values()), "weight_bytes": stored_weight_bytes(et.buffer),
                        "seconds": round(time.perf_counter() - t0, 1),
                        "cpu_seconds": round(time.process_time() - c0, 1), "planned_arena_bytes": arenas,
-                       "shared_mutable_state": shared}
+                       "shared_mutable_state": shared, "mutable_state": mutable_state(et.buffer) if shared else {}}
+
+
+_ET_DTYPES = {"FLOAT": "float32", "HALF": "float16", "CHAR": "int8", "LONG": "int64"}
+
+
+def mutable_state(pte: bytes) -> dict[str, dict]:
+    """{buffer FQN: {dtype, shape}} of the named mutable buffers of a .pte (the shared KV state)."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+    from executorch.exir.scalar_type import ScalarType
+
+    out = {}
+    for plan in deserialize_pte_binary(pte).program.execution_plan:
+        for v in plan.values:
+            info = getattr(v.val, "extra_tensor_info", None)
+            if info is not None and info.fully_qualified_name:
+                dtype = ScalarType(v.val.scalar_type).name
+                out[info.fully_qualified_name] = {"dtype": _ET_DTYPES.get(dtype, dtype.lower()),
+                                                  "shape": list(v.val.sizes)}
+    return dict(sorted(out.items()))
 
 
 def stored_weight_bytes(pte: bytes) -> int:
@@ -126,8 +146,10 @@ def with_patch_nums(hart: Hart, patch_nums: tuple[int, ...]) -> Hart:
 
 
 def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,
-                  schedule: str | None = None, vae_dtype: str = "auto", progress: bool = True) -> dict:
-    """Write a complete bundle to `out` (atomically) and return its manifest."""
+                  schedule: str | None = None, vae_dtype: str = "auto", progress: bool = True,
+                  plan: dict | None = None) -> dict:
+    """Write a complete bundle to `out` (atomically) and return its manifest (`plan`: the per-layer
+    AR recipe of `quant="auto"`, quantization.auto.Plan.to_json())."""
     steps = ["golden trace", "quantize", *COMPONENTS, "write"]
     t_start = time.perf_counter()
     with tqdm(total=len(steps), desc="export", unit="stage", file=sys.stderr, disable=not progress) as bar, \
@@ -139,7 +161,7 @@ def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", gro
         bar.update()
         step("quantize")
         first_vae = "fp16" if (quant != "fp32" and vae_dtype in ("auto", "fp16")) else "fp32"
-        qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype=first_vae)
+        qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype=first_vae, plan=plan)
         bar.update()
         facts: dict[str, dict] = {}
         for comp in COMPONENTS:
@@ -183,7 +205,7 @@ def _settle_vae(hart, quant, group_size, vae_dtype, data, facts, recipe: Recipe,
         why = f"{comp.why}; measured image PSNR {score:.1f} dB vs fp32 eager on the golden inputs"
         recipe.components["vae_decoder"] = replace(comp, why=why)
         return data, facts, recipe
-    qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype="fp32")
+    qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype="fp32", plan=recipe.plan)
     data, facts = export_program(qhart, cspecs)
     why = (f"fp16 decoder reached only {score:.1f} dB image PSNR vs fp32 eager (< {VAE_FP16_MIN_PSNR} dB), "
            "so the decoder ships fp32")
@@ -198,8 +220,9 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
     sizes = {c: (root / ARTIFACTS[c]).stat().st_size for c in COMPONENTS}
     kv = fmt.kv_cache_bytes(hart)
     # the AR program's plan includes the shared KV cache (its own memory id); count it once, separately
-    arena = max(v - (kv if facts[c]["shared_mutable_state"] else 0)
-                for c in COMPONENTS for v in facts[c]["planned_arena_bytes"].values())
+    arenas = {c: max(v - (kv if facts[c]["shared_mutable_state"] else 0)
+                     for v in facts[c]["planned_arena_bytes"].values()) for c in COMPONENTS}
+    arena = max(arenas.values())
     components = {}
     for c in COMPONENTS:
         f = facts[c]
@@ -215,7 +238,8 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "executorch": {"version": executorch.version.__version__, "delegate": "XnnpackBackend",
                        "kv_cache": "mutable buffers hart.ar.blocks.{i}.attn.{k,v}_cache shared by every "
                                    "ar_transformer method (share_mutable_buffers); keep the program loaded for "
-                                   "a whole generation"},
+                                   "a whole generation",
+                       "mutable_state": facts["ar_transformer"].get("mutable_state", {})},
         "model": {"name": hart.cfg.name, "source": source, "image_size": hart.cfg.image_size, "batch": hart.B},
         "methods": [fmt.method_entry(s, ARTIFACTS[s.component], entry=s.name) for s in specs],
         "components": components,
@@ -224,8 +248,12 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "rng": fmt.rng_info(specs),
         "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
         "quantization": recipe.to_json(),
-        "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena),
-        "parity": {"recipe": recipe.name, "thresholds": fmt.PARITY_THRESHOLDS[recipe.name]},
+        "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena, sizes["text_encoder"], arenas["text_encoder"],
+                                      max(v for c, v in arenas.items() if c != "text_encoder")),
+        "parity": {"recipe": recipe.name,
+                   "thresholds": fmt.mode_thresholds(hart, fmt.recipe_thresholds(recipe.name, recipe.plan)),
+                   **fmt.full_precision_thresholds(hart, recipe.name,
+                                                   {recipe.name: fmt.recipe_thresholds(recipe.name, recipe.plan)})},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),
     }
@@ -249,16 +277,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m export.executorch",
                       description="Export HART to an ExecuTorch (XNNPACK) bundle with golden tensors.")
     p.add_argument("--checkpoint", type=Path, help="checkpoint folder in the official layout (default: seeded model)")
-    p.add_argument("--quant", choices=RECIPES, default="8da4w", help="recipe (default 8da4w)")
+    p.add_argument("--quant", choices=RECIPES, default="8da4w",
+                   help="recipe (default 8da4w); auto = per-layer 8da4w/8da8w/fp32 AR plan meeting --budget")
+    p.add_argument("--budget", type=float,
+                   help="auto: minimum teacher-forced token agreement with fp32 eager (0-1], checked by the gate")
+    p.add_argument("--plan", type=Path, help="auto: reuse a plan written by python -m quantization.auto")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size for 8da4w (default 32)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
     p.add_argument("--vae-dtype", choices=("auto", "fp16", "fp32"), default="auto",
                    help=f"VAE decoder precision for quantized recipes; auto = fp16 if >= {VAE_FP16_MIN_PSNR} dB")
+    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="KV cache memory mode: int8 = per-token scales, quantized on write (default fp32)")
+    p.add_argument("--attn-chunk", type=int, default=0,
+                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/executorch-<quant>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.group_size <= 0 or a.group_size % 2:
         p.error(f"--group-size must be a positive even number, got {a.group_size}")
+    fmt.check_auto_args(p, a)
+    if a.attn_chunk < 0:
+        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
     return a
 
@@ -268,10 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam
     try:
         hart, source = load_source(a.checkpoint, a.schedule)
+        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
+        plan = fmt.auto_plan(hart, a, "executorch", a.group_size) if a.quant == "auto" else None
     except ValueError as e:
         print(f"python -m export.executorch: error: {e}", file=sys.stderr)
         return 2
-    manifest = export_bundle(hart, source, a.out, a.quant, a.group_size, a.schedule, a.vae_dtype, not a.quiet)
+    manifest = export_bundle(hart, source, a.out, a.quant, a.group_size, a.schedule, a.vae_dtype, not a.quiet, plan)
     print(summary(manifest))
     vae = manifest["quantization"]["components"]["vae_decoder"]
     print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']}) in {manifest['export_seconds']} s")

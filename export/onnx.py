@@ -106,7 +106,7 @@ def write_bundle(hart: Hart, graphs: Graphs, quant: str, out: Path, source: dict
                  "graph_bytes": shared.graph_bytes}
         weights = shared.data_bytes + sum(shared.graph_bytes.values())
         manifest = build_manifest(hart, specs, methods, quant_info, source or fmt.default_source(), schedule,
-                                  DATA_FILE, weights, cfg, sizes)
+                                  DATA_FILE, weights, cfg, sizes, _own_bytes(models, shared, "text_encoder"))
         manifest = fmt.write_manifest(tmp, manifest)
     rows = [(s.name, prec[s.component], shared.graph_bytes[s.name] / 1024, _external_kb(models[s.name]),
              graphs.seconds.get(f"{s.name}/{'fp16' if prec[s.component] == 'fp16' else 'fp32'}", 0.0))
@@ -120,6 +120,14 @@ def golden_trace(hart: Hart, specs, cfg: float) -> dict:
 
     pipe = Pipeline(specs, FunctionalEagerBackend(hart), hart.text.tokenizer)
     return pipe.generate(fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg, keep_trace=True).trace
+
+
+def _own_bytes(models: dict[str, onnx.ModelProto], shared, name: str) -> int:
+    """Bytes a runtime frees by releasing graph `name`: its graph file and the weights no other graph uses."""
+    others = {n for g, names in shared.external.items() if g != name for n in names}
+    own = sum(int({e.key: e.value for e in t.external_data}.get("length", 0))
+              for t in models[name].graph.initializer if t.name not in others)
+    return shared.graph_bytes[name] + own
 
 
 def _external_kb(model: onnx.ModelProto) -> float:
@@ -157,9 +165,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quant", choices=sorted(RECIPES), default="int4",
                    help="int4: AR MatMulNBits, text int8, diffusion/VAE fp16 (default); int8; fp32")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
+    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp32",
+                   help="KV cache memory mode: int8 = codes + kv_scale state tensor, quantized on write (default fp32)")
+    p.add_argument("--attn-chunk", type=int, default=0,
+                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/onnx-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
+    if a.attn_chunk < 0:
+        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     fmt.check_export_args(p, a, Path("bundles") / f"onnx-{a.quant}")
     return a
 
@@ -168,8 +182,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
         from export.executorch import load_source  # the shared model/source loader (also used by parity)
+        from model.memory import with_memory_mode
 
         hart, source = load_source(a.checkpoint, a.schedule)
+        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
         rep = export_onnx(hart, a.quant, a.out, source, a.schedule, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m export.onnx: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",

@@ -4,6 +4,8 @@ ONNX graphs have no state, and `torch.onnx.export(dynamo=True)` silently drops i
 (the cache would become a constant). So each AR step is wrapped functionally: the stacked cache comes
 in as a tensor, `torch.func.functional_call` runs the step on per-layer views of it, and the updated
 cache goes out. The last step writes its slice but no later step reads it, so it does not return it.
+In the int8 memory mode the cache holds int8 codes and a second state tensor `kv_scale` carries the fp32
+per-token scales (same layout, head_dim 1); both flow like `kv_cache`.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from onnx import numpy_helper
 from torch import nn
 
 from model.hart import Hart
-from model.stages import MethodSpec, Stage, TensorSpec, example_inputs, method_specs
+from model.stages import MethodSpec, Stage, TensorSpec, example_inputs, method_specs, torch_dtype
 
 KV_NAME = "kv_cache"
+KV_SCALE_NAME = "kv_scale"
 KV_LAYOUT = "[layers, 2 (k, v), 2B (cond rows, then uncond), heads, kv_tokens, head_dim]"
+KV_SCALE_LAYOUT = "[layers, 2 (k, v), 2B, heads, kv_tokens, 1]: value = int8 code * scale"
+STATE_NAMES = (KV_NAME, KV_SCALE_NAME)
 OPSET = 20
 # Inputs a half-precision graph casts to fp16 on entry (the model casts everything else itself).
 HALF_INPUTS = {"diffusion_head": ("z",)}
@@ -34,46 +39,54 @@ def kv_shape(hart: Hart) -> tuple[int, ...]:
     return (len(hart.ar.blocks), 2, *k.shape)
 
 
-def _kv_fqns(hart: Hart) -> list[tuple[str, str]]:
-    """Buffer names of the cache as seen from a Stage (prefix `hart.`)."""
-    return [(f"hart.ar.blocks.{i}.attn.k_cache", f"hart.ar.blocks.{i}.attn.v_cache")
+def kv_dtype(hart: Hart) -> str:
+    return str(hart.ar.blocks[0].attn.k_cache.dtype).removeprefix("torch.")
+
+
+def _kv_fqns(hart: Hart, kind: str = "cache") -> list[tuple[str, str]]:
+    """Buffer names of the cache (or its int8 scales) as seen from a Stage (prefix `hart.`)."""
+    return [(f"hart.ar.blocks.{i}.attn.k_{kind}", f"hart.ar.blocks.{i}.attn.v_{kind}")
             for i in range(len(hart.ar.blocks))]
 
 
 def onnx_method_specs(hart: Hart) -> list[MethodSpec]:
     """The export contract plus the explicit cache: every AR step takes `kv_cache` (zeros from the host
     at the first step, else the previous step's output) and every AR step but the last returns it."""
-    cache_in0 = TensorSpec(KV_NAME, kv_shape(hart), "float32", source="zeros")
-    cache = replace(cache_in0, source="env")
+    first = [TensorSpec(KV_NAME, kv_shape(hart), kv_dtype(hart), source="zeros")]
+    if kv_dtype(hart) == "int8":
+        first.append(TensorSpec(KV_SCALE_NAME, (*kv_shape(hart)[:-1], 1), "float32", source="zeros"))
+    state = tuple(replace(t, source="env") for t in first)
     last = f"scale_{hart.num_scales - 1:02d}"
     out = []
     for m in method_specs(hart):
         if m.component == "ar_transformer":
-            ins = m.inputs + ((cache_in0 if m.name == "scale_00" else cache),)
-            outs = m.outputs + (() if m.name == last else (cache,))
+            ins = m.inputs + (tuple(first) if m.name == "scale_00" else state)
+            outs = m.outputs + (() if m.name == last else state)
             m = replace(m, inputs=ins, outputs=outs)
         out.append(m)
     return out
 
 
 class KVStep(nn.Module):
-    """One AR scale step, pure: (step inputs…, kv_cache) -> (step outputs…, kv_cache')."""
+    """One AR scale step, pure: (step inputs…, kv_cache[, kv_scale]) -> (step outputs…, kv_cache'[, kv_scale'])."""
 
     def __init__(self, hart: Hart, name: str, emit_cache: bool = True):
         super().__init__()
         self.stage = Stage(hart, name)
-        self.fqns = _kv_fqns(hart)
+        self.fqns = [_kv_fqns(hart)] + ([_kv_fqns(hart, "scale")] if kv_dtype(hart) == "int8" else [])
         self.emit_cache = emit_cache
 
     def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        *ins, kv = args
+        n = len(self.fqns)
+        ins, states = args[:-n], args[-n:]
         bufs = {}
-        for i, (k, v) in enumerate(self.fqns):
-            bufs[k], bufs[v] = kv[i, 0].clone(), kv[i, 1].clone()  # written in place by the step
+        for fqns, state in zip(self.fqns, states):
+            for i, (k, v) in enumerate(fqns):
+                bufs[k], bufs[v] = state[i, 0].clone(), state[i, 1].clone()  # written in place by the step
         outs = torch.func.functional_call(self.stage, bufs, tuple(ins), strict=False, tie_weights=False)
         if not self.emit_cache:
             return tuple(outs)
-        return (*outs, torch.stack([torch.stack([bufs[k], bufs[v]]) for k, v in self.fqns]))
+        return (*outs, *(torch.stack([torch.stack([bufs[k], bufs[v]]) for k, v in fqns]) for fqns in self.fqns))
 
 
 class HalfStage(nn.Module):
@@ -106,12 +119,16 @@ def graph_module(hart: Hart, spec: MethodSpec, hart_half: Hart | None = None) ->
 
 def graph_inputs(spec: MethodSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:
     """Traceable example inputs; the cache is random (not zeros) so nothing folds it away."""
-    base = replace(spec, inputs=tuple(t for t in spec.inputs if t.name != KV_NAME))
+    base = replace(spec, inputs=tuple(t for t in spec.inputs if t.name not in STATE_NAMES))
     ex = example_inputs(base, seed)
-    if len(base.inputs) < len(spec.inputs):
-        gen = torch.Generator().manual_seed(seed + 1)
-        shape = next(t.shape for t in spec.inputs if t.name == KV_NAME)
-        ex = ex + (torch.randn(shape, generator=gen),)
+    gen = torch.Generator().manual_seed(seed + 1)
+    for t in spec.inputs[len(base.inputs):]:
+        if t.dtype == "int8":
+            ex = ex + (torch.randint(-127, 128, t.shape, generator=gen, dtype=torch.int8),)
+        elif t.name == KV_SCALE_NAME:
+            ex = ex + (torch.rand(t.shape, generator=gen) / 127 + 1e-4,)
+        else:
+            ex = ex + (torch.randn(t.shape, generator=gen).to(torch_dtype(t.dtype)),)
     return ex
 
 

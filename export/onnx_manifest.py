@@ -15,7 +15,7 @@ import onnxruntime
 import torch
 
 from export import bundle as fmt
-from export.onnx_graphs import KV_LAYOUT, KV_NAME, OPSET, onnx_io_names
+from export.onnx_graphs import KV_LAYOUT, KV_NAME, KV_SCALE_LAYOUT, OPSET, STATE_NAMES, onnx_io_names
 from model.hart import Hart
 from model.stages import MethodSpec, torch_dtype
 
@@ -75,13 +75,21 @@ def quantization_info(quant: str, recipe: dict[str, str], quantized: dict[str, s
 
 
 def kv_info(hart: Hart, specs: list[MethodSpec]) -> dict:
+    """The explicit KV state: `kv_cache` (fp32/fp16/int8) and, in int8 mode, `kv_scale` (fp32); `bytes`
+    is the whole state (cache + scales), `state` lists every tensor the host carries between steps."""
     ar = [m.name for m in specs if m.component == "ar_transformer"]
-    kv = next(t for m in specs for t in m.inputs if t.name == KV_NAME)
-    nbytes = math.prod(kv.shape) * torch.empty((), dtype=torch_dtype(kv.dtype)).element_size()
+    first = next(m for m in specs if m.name == ar[0])
+    state = [t for t in first.inputs if t.name in STATE_NAMES]
+    sizes = {t.name: math.prod(t.shape) * torch.empty((), dtype=torch_dtype(t.dtype)).element_size() for t in state}
+    kv = state[0]
+    names = " and ".join(t.name for t in state)
     return {"name": KV_NAME, "shape": list(kv.shape), "dtype": kv.dtype, "layout": KV_LAYOUT,
-            "bytes": nbytes, "init": "zeros", "first": ar[0], "last": ar[-1],
-            "rule": f"the host passes zeros to {ar[0]}; each step's {KV_NAME} output is the next step's input; "
-                    f"{ar[-1]} does not return it (nothing reads it afterwards)"}
+            "bytes": sum(sizes.values()), "init": "zeros", "first": ar[0], "last": ar[-1],
+            "state": [{"name": t.name, "shape": list(t.shape), "dtype": t.dtype, "bytes": sizes[t.name],
+                       "source_first": "zeros", "layout": KV_LAYOUT if t.name == KV_NAME else KV_SCALE_LAYOUT}
+                      for t in state],
+            "rule": f"the host passes zeros to {ar[0]}; each step's {names} outputs are the next step's inputs; "
+                    f"{ar[-1]} does not return them (nothing reads them afterwards)"}
 
 
 def versions() -> dict:
@@ -91,7 +99,7 @@ def versions() -> dict:
 
 def build_manifest(hart: Hart, specs: list[MethodSpec], methods: list[dict], quantization: dict, source: dict,
                    schedule: str | None, weights_file: str, weights_bytes: int, cfg: float,
-                   sizes: dict[str, int]) -> dict:
+                   sizes: dict[str, int], text_bytes: int = 0) -> dict:
     kv = kv_info(hart, specs)
     return {
         "format": fmt.FORMAT, "schema_version": fmt.SCHEMA_VERSION, "min_runtime_version": fmt.MIN_RUNTIME_VERSION,
@@ -109,10 +117,17 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], methods: list[dict], qua
         "tokenizer": fmt.tokenizer_info(hart, "tokenizer.json"),
         "quantization": quantization,
         "memory": {"weights_bytes": weights_bytes, "kv_cache_bytes": kv["bytes"], "kv_cache_copies": 2,
-                   "formula": "peak ~ weights + 2 x KV cache (a step's input and output cache are alive together) "
-                              "+ the largest activation; onnxruntime maps weights.data, prepacked fp32 MatMul "
-                              "weights are per session"},
-        "parity": {"recipe": quantization["name"], "thresholds": PARITY_THRESHOLDS[quantization["name"]]},
+                   "peak_bytes": weights_bytes + 2 * kv["bytes"],
+                   "text_encoder_bytes": text_bytes,
+                   "peak_bytes_unload_text_encoder": weights_bytes - text_bytes + 2 * kv["bytes"],
+                   "mode": fmt.memory_mode_info(hart),
+                   "formula": "peak ~ weights + 2 x KV state (a step's input and output cache, and scales in int8 "
+                              "mode, are alive together) + the largest activation (not counted); onnxruntime maps "
+                              "weights.data, prepacked fp32 MatMul weights are per session. With the text encoder "
+                              "released after encoding its graph and the weights only it uses no longer count"},
+        "parity": {"recipe": quantization["name"],
+                   "thresholds": fmt.mode_thresholds(hart, PARITY_THRESHOLDS[quantization["name"]]),
+                   **fmt.full_precision_thresholds(hart, quantization["name"], PARITY_THRESHOLDS)},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),
     }

@@ -45,3 +45,37 @@ def estimate_peak_bytes(cfg: HartConfig, weight_bytes: dict[str, float]) -> dict
     kv = kv_cache_bytes(cfg)
     act = max(largest_activation_bytes(cfg).values())
     return {"weights": weights, "kv_cache": kv, "activation": act, "total": weights + kv + act}
+
+
+def memory_mode(cfg: HartConfig) -> dict:
+    """The memory mode as recorded in a manifest (`memory.mode`)."""
+    return {"kv_cache": cfg.kv_cache, "attn_chunk": cfg.attn_chunk,
+            "full_precision": cfg.kv_cache == "fp32" and cfg.attn_chunk == 0}
+
+
+def check_memory_mode(kv_cache: str, attn_chunk: int) -> None:
+    if kv_cache not in KV_BYTES:
+        raise ValueError(f"kv cache {kv_cache!r} is not one of {', '.join(KV_BYTES)}")
+    if attn_chunk < 0:
+        raise ValueError(f"attention chunk must be >= 0 (0 = off), got {attn_chunk}")
+
+
+def with_memory_mode(hart, kv_cache: str | None = None, attn_chunk: int | None = None):
+    """The same weights with another memory mode (KV cache dtype, query chunking); `hart` is unchanged.
+    Caches are non-persistent buffers, so only the config and the cache allocation change."""
+    from dataclasses import replace
+
+    from model.hart import Hart
+
+    cfg = replace(hart.cfg, kv_cache=hart.cfg.kv_cache if kv_cache is None else kv_cache,
+                  attn_chunk=hart.cfg.attn_chunk if attn_chunk is None else attn_chunk)
+    check_memory_mode(cfg.kv_cache, cfg.attn_chunk)
+    if cfg == hart.cfg:
+        return hart
+    out = Hart(cfg, with_text=False)
+    missing, _ = out.load_state_dict({k: v for k, v in hart.state_dict().items() if not k.startswith("text.")},
+                                     strict=False)
+    if missing:
+        raise ValueError(f"memory mode change lost weights: {missing[:3]}")
+    out.text = hart.text
+    return out.eval().requires_grad_(False)

@@ -23,7 +23,7 @@ STREAM_CHOICE, STREAM_SOFT, STREAM_DIFF_INIT, STREAM_DIFF_STEP = 0, 1000, 2000, 
 class TensorSpec:
     name: str
     shape: tuple[int, ...]
-    dtype: str  # "float32" | "int64" | "float16"
+    dtype: str  # "float32" | "int64" | "float16" | "int8" (int8 KV state of ONNX bundles)
     source: str = "env"  # env (earlier output) | tokenizer | user | rng
     rng: dict = field(default_factory=dict)  # {"dist": "uniform"|"normal", "streams": [...]} for source=rng
 
@@ -114,7 +114,7 @@ class Stage(nn.Module):
         raise KeyError(self.method)
 
 
-_DTYPES = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16}
+_DTYPES = {"float32": torch.float32, "int64": torch.int64, "float16": torch.float16, "int8": torch.int8}
 
 
 def example_inputs(spec: MethodSpec, seed: int = 0) -> tuple[torch.Tensor, ...]:

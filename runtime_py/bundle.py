@@ -24,7 +24,10 @@ SCHEMA_VERSIONS = (1,)
 RUNTIME_VERSION = 1  # bumped when a bundle needs a newer reader; compared with min_runtime_version
 REQUIRED = ("format", "schema_version", "min_runtime_version", "backend", "call_order", "methods", "tokenizer",
             "files")
-_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64}
+_NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int8": np.int8}
+
+
+NOMINAL_BITS = {"fp32": 32, "fp16": 16, "8da8w": 8, "int8": 8, "8da4w": 4, "int4": 4}
 
 
 class BundleError(ValueError):
@@ -110,6 +113,28 @@ class Bundle:
             t = torch.from_numpy(raw.astype(_NP[e["dtype"]]).reshape(e["shape"]))
             out.setdefault((e["method"], e["io"]), []).append(t)
         return out
+
+    def benchmark_info(self) -> dict:
+        """Recipe, bits per stored weight and file sizes per component, for benchmark results. ExecuTorch
+        and Core ML manifests measure bits per weight; ONNX (one shared weights file) gets the nominal
+        bits of each component's scheme."""
+        m = self.manifest
+        quant = m.get("quantization", {})
+        recipe, bits = {}, {}
+        for c, info in m.get("components", {}).items():
+            q = info.get("quantization") or quant.get("components", {}).get(c, {})
+            recipe[c] = q.get("scheme") or q.get("dtype")
+            if info.get("bits_per_weight") is not None:
+                bits[c] = info["bits_per_weight"]
+        for q in quant.get("components", {}).values():
+            comp = q.get("component")
+            if comp and comp not in recipe:
+                recipe[comp] = q.get("scheme")
+        for c, scheme in recipe.items():
+            bits.setdefault(c, NOMINAL_BITS.get(scheme))
+        files = {k: v["bytes"] for k, v in m["files"].items() if not k.startswith("golden/")}
+        return {"recipe": recipe, "bits_per_weight": {k: v for k, v in bits.items() if v is not None},
+                "size_bytes": {"total": sum(files.values()), "files": files}}
 
     def golden_info(self) -> dict:
         index = json.loads((self.root / "golden" / "index.json").read_text())

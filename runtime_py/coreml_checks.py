@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from export.coreml_convert import WEIGHT_THRESHOLD, const_to_param, param_index
+from export.coreml_convert import CONST_NAME, WEIGHT_THRESHOLD, const_to_param, param_index
 from export.coreml_graph import keep_fp32
 from runtime_py.coreml_package import QUANT_OPS, dtype_name, expand_blocks, load_program, stored_weights
 
@@ -144,14 +144,26 @@ def _block_ok(w_shape: tuple[int, ...], recipe: dict) -> bool:
     return recipe["dtype"] != "int4" or (len(w_shape) > 1 and w_shape[1] % recipe["block_size"] == 0)
 
 
+def _declared(recipe: dict, const_name: str) -> dict:
+    """The recipe of one stored weight: the component's, or for auto its layer's (else the default)."""
+    if recipe["dtype"] != "auto":
+        return recipe
+    layers = {f"hart.{n}.weight".replace(".", "_").lower(): d for n, d in recipe["layers"].items()}
+    m = CONST_NAME.match(const_name)
+    dtype = layers.get(m.group("base").lower(), recipe["default"]) if m else recipe["default"]
+    return {"dtype": dtype, "block_size": recipe["block_size"]}
+
+
 def _check_storage(chk: Check, model: dict, path: Path, prog) -> None:
-    """Quantized components: every large parameter is a constexpr of the declared dtype and block layout."""
+    """Quantized components: every large parameter is a constexpr of the declared dtype and block layout
+    (auto: the dtype of its layer in the per-layer plan)."""
     recipe = model["quantization"]
     for fname, fn in prog.functions.items():
         for op in fn.find_ops(op_type="constexpr_blockwise_shift_scale"):
             dt = dtype_name(op.data)
-            if dt != recipe["dtype"]:
-                chk.fail(f"{model['file']}:{fname}: {op.outputs[0].name} stored as {dt}, recipe is {recipe['dtype']}")
+            want_dt = _declared(recipe, op.outputs[0].name)["dtype"]
+            if dt != want_dt:
+                chk.fail(f"{model['file']}:{fname}: {op.outputs[0].name} stored as {dt}, recipe is {want_dt}")
                 continue
             blocks = [d // s for d, s in zip(op.data.val.shape, op.scale.val.shape)]
             want = [1, recipe.get("block_size")] if dt in ("int4", "uint4") else [1, op.data.val.shape[1]]
@@ -165,10 +177,11 @@ def _check_storage(chk: Check, model: dict, path: Path, prog) -> None:
         if w.storage.startswith(("int", "uint")) or w.numel <= WEIGHT_THRESHOLD:
             continue
         if w.name.startswith("p_"):  # torch.export names parameters p_<fqn>; others are derived consts
-            if _block_ok(w.shape, recipe):
+            declared = _declared(recipe, w.name)
+            if declared["dtype"] != "fp16" and _block_ok(w.shape, declared):
                 chk.fail(f"{model['file']}: parameter {w.name} {list(w.shape)} stored as {w.storage}, "
-                         f"recipe is {recipe['dtype']}")
-            else:
+                         f"recipe is {declared['dtype']}")
+            elif declared["dtype"] != "fp16":
                 skipped.append(w.name)
     chk.info.setdefault("not_quantizable", {})[model["file"]] = skipped
 

@@ -30,6 +30,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="checkpoint folder in the official layout (default: seeded default model)")
     src.add_argument("--bundle", type=Path, help="exported bundle folder (manifest.json)")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG path (written atomically)")
+    p.add_argument("--unload-text-encoder", action="store_true",
+                   help="bundles: release the text encoder program after encoding (lower peak; same image)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if not a.prompt.strip():
@@ -96,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     load_ms = (time.perf_counter() - t0) * 1e3
+    pipe.unload_text_encoder = a.unload_text_encoder
     gen = pipe.generate(a.prompt, a.seed, cfg)
     from runtime_py.images import png_bytes, write_atomic
 

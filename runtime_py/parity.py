@@ -25,6 +25,13 @@ end-to-end check the bundle runs on its own outputs: token_agreement compares it
 own run (the report lists eager's top-2 gap at every mismatch), closed_loop_agreement compares them
 (tie-adjusted) with eager recomputed on the bundle's own inputs at every scale. Infinite values are
 reported as 999.
+
+Memory modes (manifest `memory.mode`: KV cache fp32/fp16/int8, attention query chunk): the mode is part
+of the graphs, so the reference above is eager PyTorch in the same mode (golden/ comes from it) and
+checks 1-4 keep the recipe's thresholds. 5. full_precision (only for a non-default mode): token
+agreement and worst image PSNR of the bundle's end-to-end runs against the full-precision eager path
+(fp32 cache, unchunked), thresholds in manifest `parity.full_precision`; same-mode eager's own drift
+is reported next to it.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from pathlib import Path
 import torch
 
 from model.hart import Hart, gumbel_from_uniform
+from model.memory import with_memory_mode
 from model.stages import MethodSpec, method_specs
 from runtime_py.bundle import Bundle, BundleError
 from runtime_py.cli import OneLineParser
@@ -201,12 +209,14 @@ def lockstep(specs: list[MethodSpec], backend, refs: list[tuple[Generation, dict
 
 
 def end_to_end(pipe: Pipeline, hart: Hart, refs: list[tuple[Generation, dict]], cfg: float,
-               limits: dict) -> tuple[dict, list]:
+               limits: dict, gens: list | None = None) -> tuple[dict, list]:
     raw, closed = Tally(), Tally()
     worst_psnr = INF
     rows, images = [], []
     for (prompt, seed), (ref, ref_margin) in zip(RUNS, refs, strict=True):
         gen = pipe.generate(prompt, seed, cfg, keep_trace=True)
+        if gens is not None:
+            gens.append(gen)
         shadow, margin = eager_replay(hart, pipe.specs, {k: v["in"] for k, v in gen.trace.items()})
         per_scale = {}
         for m in pipe.specs:
@@ -249,7 +259,36 @@ def reference_model(bundle: Bundle, checkpoint: Path | None) -> Hart:
         if checkpoint_source(checkpoint)["weights"] != src["weights"]:
             raise ValueError(f"{checkpoint}: weight files differ from the ones the bundle was exported from")
         hart = load(checkpoint)
-    return with_patch_nums(hart, patch_nums)
+    mode = bundle.manifest.get("memory", {}).get("mode", {})
+    mode = mode.get("reference_mode", mode)  # Core ML: fp16 states, golden/ from the fp32-cache model
+    return with_memory_mode(with_patch_nums(hart, patch_nums), mode.get("kv_cache"), mode.get("attn_chunk"))
+
+
+def full_precision(hart: Hart, gens: list[Generation], same_mode: list[tuple[Generation, dict]], cfg: float,
+                   limits: dict) -> dict:
+    """Drift of the bundle's end-to-end runs (and, for comparison, of same-mode eager) from the
+    full-precision eager path: fp32 KV cache, unchunked attention, same weights."""
+    full = with_memory_mode(hart, "fp32", 0)
+    pipe = Pipeline(method_specs(full), EagerBackend(full), full.text.tokenizer)
+    counts = {"bundle": [0, 0], "eager": [0, 0]}
+    worst = {"bundle": INF, "eager": INF}
+    rows = []
+    for (prompt, seed), gen, (same, _) in zip(RUNS, gens, same_mode, strict=True):
+        ref = pipe.generate(prompt, seed, cfg)
+        row = {"prompt": prompt, "seed": seed}
+        for who, g in (("bundle", gen), ("eager", same)):
+            eq = sum(int((g.tokens[k] == ref.tokens[k]).sum()) for k in ref.tokens)
+            n = sum(ref.tokens[k].numel() for k in ref.tokens)
+            counts[who][0] += eq
+            counts[who][1] += n
+            p = psnr(ref.image, g.image, peak=1.0)
+            worst[who] = min(worst[who], p)
+            row[who] = {"token_agreement": round(eq / n, 4), "image_psnr_db": round(p, 2)}
+        rows.append(row)
+    values = {"token_agreement": counts["bundle"][0] / counts["bundle"][1], "image_psnr_db": worst["bundle"]}
+    eager = {"token_agreement": round(counts["eager"][0] / counts["eager"][1], 4),
+             "image_psnr_db": round(worst["eager"], 2)}
+    return {**_verdict(values, limits), "same_mode_eager": eager, "rows": rows}
 
 
 def reference_backend(hart: Hart, specs: list[MethodSpec]):
@@ -291,18 +330,26 @@ def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None) -
     report["teacher_forced"], report["components"] = lockstep(bundle.specs, be, refs, limits["teacher_forced"],
                                                               limits["components"])
     pipe = Pipeline(bundle.specs, be, bundle.tokenizer())
-    report["end_to_end"], images = end_to_end(pipe, hart, refs, cfg, limits["end_to_end"])
-    report["passed"] = all(report[k]["passed"] for k in ("golden", "teacher_forced", "components", "end_to_end"))
+    gens: list[Generation] = []
+    report["end_to_end"], images = end_to_end(pipe, hart, refs, cfg, limits["end_to_end"], gens)
+    report["memory_mode"] = bundle.manifest.get("memory", {}).get("mode", {"kv_cache": "fp32", "attn_chunk": 0})
+    checks = ["golden", "teacher_forced", "components", "end_to_end"]
+    drift = bundle.manifest["parity"].get("full_precision")
+    if drift:
+        report["full_precision"] = full_precision(hart, gens, refs, cfg, drift)
+        checks.append("full_precision")
+    report["passed"] = all(report[k]["passed"] for k in checks)
     report["_images"] = images
     return report
 
 
 def markdown(r: dict) -> str:
     lines = [f"# Parity: {r['bundle']} ({r['backend']}, recipe {r['recipe']})", "",
-             f"**{'PASS' if r['passed'] else 'FAIL'}**", "", "| check | metric | value | threshold | ok |",
+             f"**{'PASS' if r['passed'] else 'FAIL'}**", "", f"memory mode: {r.get('memory_mode', {})}", "",
+             "| check | metric | value | threshold | ok |",
              "|---|---|---|---|---|"]
-    for k in ("golden", "teacher_forced", "components", "end_to_end"):
-        for metric, v in r[k]["values"].items():
+    for k in ("golden", "teacher_forced", "components", "end_to_end", "full_precision"):
+        for metric, v in r.get(k, {}).get("values", {}).items():
             lim = r[k]["thresholds"].get(metric)
             ok = "-" if lim is None else ("yes" if v >= lim else "**no**")
             lines.append(f"| {k} | {metric} | {v:.4g} | {'-' if lim is None else f'{lim:.4g}'} | {ok} |")

@@ -21,6 +21,8 @@ class Backend(Protocol):
 
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
+    # optional: def release(self, method: str) -> None: free what `method` holds; run() loads it again
+
 
 @dataclass
 class Generation:
@@ -41,11 +43,17 @@ def draw_noise(spec: TensorSpec, seed: int) -> torch.Tensor:
 
 
 class Pipeline:
-    def __init__(self, specs: list[MethodSpec], backend: Backend, tokenizer, progress=None):
+    """`unload_text_encoder`: release the text encoder's program right after it ran (it runs once per
+    image, before the AR steps), so its weights do not count toward the AR/diffusion/VAE peak; the
+    backend loads it again at the next image. Outputs are unchanged (the text encoder has no state)."""
+
+    def __init__(self, specs: list[MethodSpec], backend: Backend, tokenizer, progress=None,
+                 unload_text_encoder: bool = False):
         self.specs = specs
         self.backend = backend
         self.tokenizer = tokenizer
         self.progress = progress  # optional callable(iterable, desc) -> iterable (tqdm)
+        self.unload_text_encoder = unload_text_encoder
 
     def host_input(self, spec: TensorSpec, env: dict, seed: int, cfg: float) -> torch.Tensor:
         if spec.source == "env":
@@ -83,6 +91,10 @@ class Pipeline:
                 env[s.name] = t
             if "idx" in env and m.name.startswith("scale_"):
                 tokens[m.name] = env.pop("idx")
+            if self.unload_text_encoder and m.component == "text_encoder" and hasattr(self.backend, "release"):
+                t0 = time.perf_counter()
+                self.backend.release(m.name)
+                timings["release_text_encoder"] = (time.perf_counter() - t0) * 1e3
             if keep_trace:
                 trace[m.name] = {"in": [t.clone() for t in inputs], "out": [t.clone() for t in outs]}
         return Generation(image=env["image"], tokens=tokens, timings_ms=timings, trace=trace)

@@ -264,3 +264,40 @@ def test_synthetic_official_checkpoint_converts(tmp_path):
     wchk, stored = check_weights(out, manifest, ref)
     assert wchk.ok, wchk.errors
     assert "hart.text.layers.0.mlp.gate_proj.weight" in stored and "hart.ar.head.weight" in stored
+
+
+@pytest.mark.slow
+def test_auto_plan_per_layer_dtypes_and_budget(tmp_path):
+    """--quant auto: the plan reaches coremltools as op_name_configs, every weight is stored with its
+    layer's dtype, and the fp16 stand-in gate checks the plan's budget."""
+    from model.build import default_model
+    from runtime_py.coreml_checks import check_structure
+    from runtime_py.coreml_parity import coreml_section
+
+    hart = default_model()
+    layers = {n: "int4" for n, m in hart.ar.named_modules() if isinstance(m, torch.nn.Linear)
+              and n.startswith(("blocks.", "head", "context_embed"))}
+    layers.update({"head": "int8", "blocks.0.attn.qkv_proj": "fp16"})
+    plan = {"backend": "coreml", "budget": 0.6, "margin": 0.02, "group_size": 32, "layers": layers}
+    out = tmp_path / "coreml-auto"
+    rep = cli.export_coreml(hart, out, "auto", plan=plan, progress=False)
+    q = rep.manifest["components"]["ar_transformer"]["quantization"]
+    assert q["dtype"] == "auto" and q["layers"]["ar.head"] == "int8"
+    assert q["layers"]["ar.blocks.1.ffn.up_proj"] == "int4"
+    assert rep.manifest["parity"]["thresholds"]["teacher_forced"]["token_agreement"] == 0.6
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert check_structure(out, manifest).ok
+    bad = copy.deepcopy(manifest)  # claim int4 for the layer stored int8: the storage check must notice
+    bad["components"]["ar_transformer"]["quantization"]["layers"]["ar.head"] = "int4"
+    chk = check_structure(out, bad)
+    assert any("hart_ar_head_weight" in e and "recipe is int4" in e for e in chk.errors), chk.errors
+    bad["components"]["ar_transformer"]["quantization"]["layers"]["ar.head"] = "int8"
+    bad["components"]["ar_transformer"]["quantization"]["layers"]["ar.blocks.0.attn.qkv_proj"] = "int4"
+    assert any("qkv_proj" in e and "stored as fp16" in e for e in check_structure(out, bad).errors)
+    sec = coreml_section(out, device=False)
+    checks = {c["name"]: c for c in sec["checks"]}
+    assert sec["status"] == "PASS", json.dumps(sec, indent=1)[:3000]
+    assert checks["sim_teacher_forced"]["info"]["thresholds"]["token_agreement"] == 0.6
+    with pytest.raises(ValueError, match="searched for executorch"):
+        cli.export_coreml(hart, tmp_path / "never", "auto", plan={**plan, "backend": "executorch"}, progress=False)
+    assert not (tmp_path / "never").exists()

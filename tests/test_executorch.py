@@ -224,3 +224,23 @@ def test_8da4w_recipe_is_recorded_and_compresses(bundles):
     assert 15.5 < m["components"]["diffusion_head"]["bits_per_weight"] < 17
     assert m["memory"]["peak_bytes"] == sum(m["memory"][k] for k in ("weights_bytes", "kv_cache_bytes",
                                                                      "largest_activation_bytes"))
+
+
+def test_host_benchmark_over_real_bundles(bundles, tmp_path):
+    """CI keeps the host benchmark's bundle path alive: one run per stage, no timing assertions."""
+    from benchmarks import host
+    from benchmarks.schema import validate
+
+    out = tmp_path / "bench.json"
+    assert host.main(["--bundle", str(bundles["fp32"]), "--bundle", str(bundles["8da4w"]), "--runs", "1",
+                      "--warmup", "0", "--out", str(out)]) == 0
+    r = validate(json.loads(out.read_text()))
+    names = [t["name"] for t in r["targets"]]
+    assert names == ["eager-fp32", "fp32", "8da4w"]
+    for t in r["targets"][1:]:
+        assert t["backend"] == "executorch" and t["size_bytes"] > 0 and t["load_ms"]["cold"] > 0
+        assert {"text_encoder", "scale_09", "diffusion_head", "vae_decoder"} <= set(t["stages"])
+        assert all(t["stages"][k]["median_ms"] > 0 and "ratio_to_baseline" in t["stages"][k]
+                   for k in ("text_encoder", "scale_09", "diffusion_head", "vae_decoder"))
+    assert r["targets"][2]["bits_per_weight"]["ar_transformer"] < r["targets"][1]["bits_per_weight"]["ar_transformer"]
+    assert out.with_suffix(".md").read_text().count("| scale_") >= 10

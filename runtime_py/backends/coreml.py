@@ -58,13 +58,24 @@ class CoreMLBackend:
         cu = getattr(ct.ComputeUnit, (compute_units or manifest["coreml"]["compute_units"]).upper())
         self.methods = {m["name"]: m for m in manifest["methods"]}
         self.models = {}
+        self.load = {}
         for m in manifest["methods"]:
             kw = {"function_name": m["function"]} if m["function"] != "main" else {}
-            self.models[m["name"]] = ct.models.MLModel(str(Path(bundle) / m["package"]), compute_units=cu, **kw)
+            self.load[m["name"]] = lambda m=m, kw=kw: ct.models.MLModel(str(Path(bundle) / m["package"]),
+                                                                        compute_units=cu, **kw)
+            self.models[m["name"]] = self.load[m["name"]]()
         self.first_stateful = next(m["name"] for m in manifest["methods"] if m["states"])
         self.state = None
 
+    def release(self, method: str) -> None:
+        """Drop a stateless method's model (the text encoder after encoding); `run` loads it again."""
+        if self.methods[method]["states"]:
+            raise ValueError(f"{method} uses the KV state; it cannot be released mid-image")
+        self.models.pop(method, None)
+
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if method not in self.models:
+            self.models[method] = self.load[method]()
         m, model = self.methods[method], self.models[method]
         feed = {e["coreml_name"]: t.numpy().astype(np.dtype(e["coreml_dtype"]))
                 for e, t in zip(m["coreml_inputs"], inputs)}

@@ -3,7 +3,10 @@
 The AR program's methods share one mutable KV-cache allocation (exported with
 share_mutable_buffers), so the program must stay loaded for a whole generation: scale_01 reads the
 cache scale_00 wrote. Every cache slot a scale reads is written earlier in the same generation, so
-consecutive generations need no reset.
+consecutive generations need no reset. The mutable state is whatever the exporter planned (fp32 or
+fp16 caches, or int8 caches plus fp32 per-token scales); it lives inside the program, so the host
+passes only the contract tensors. `release(method)` drops the program holding `method` (never the AR
+program: its state must persist); `run` loads it again when needed.
 """
 
 from __future__ import annotations
@@ -19,10 +22,11 @@ class ExecuTorchBackend:
     def __init__(self, root: str | Path, manifest: dict):
         from executorch.runtime import Runtime
 
-        runtime = Runtime.get()
-        root = Path(root)
+        self.runtime = runtime = Runtime.get()
+        self.root = root = Path(root)
         self.programs = {}
         self.methods: dict[str, tuple[str, str]] = {}
+        self.stateful = {m["file"] for m in manifest["methods"] if m["component"] == "ar_transformer"}
         for m in manifest["methods"]:
             if m["file"] not in self.programs:
                 self.programs[m["file"]] = runtime.load_program(root / m["file"])
@@ -33,5 +37,13 @@ class ExecuTorchBackend:
 
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         file, entry = self.methods[method]
+        if file not in self.programs:
+            self.programs[file] = self.runtime.load_program(self.root / file)
         outs = self.programs[file].load_method(entry).execute([t.contiguous() for t in inputs])
         return list(outs)
+
+    def release(self, method: str) -> None:
+        file = self.methods[method][0]
+        if file in self.stateful:
+            raise ValueError(f"{method}: {file} holds the KV cache across methods; it cannot be released mid-image")
+        self.programs.pop(file, None)

@@ -29,13 +29,10 @@ class OnnxBackend:
         self.providers = providers or ["CPUExecutionProvider"]
         self.sessions: dict[str, ort.InferenceSession] = {}
         self.io: dict[str, tuple[list[str], list[str]]] = {}
+        self.threads = threads
+        self.files = {m["name"]: m["file"] for m in self.manifest["methods"]}
         for m in self.manifest["methods"]:
-            so = ort.SessionOptions()
-            so.log_severity_level = 3  # fp16 graphs log harmless "cannot constant-fold fp16 Gemm" warnings
-            if threads:
-                so.intra_op_num_threads = threads
-            self.sessions[m["name"]] = ort.InferenceSession(str(self.bundle / m["file"]), so, providers=self.providers)
-            sess = self.sessions[m["name"]]
+            sess = self.sessions[m["name"]] = self._session(m["name"])
             ins = m.get("onnx_inputs") or [i.name for i in sess.get_inputs()]
             outs = m.get("onnx_outputs") or [o.name for o in sess.get_outputs()]
             if len(ins) != len(m["inputs"]) or len(outs) != len(m["outputs"]):
@@ -43,7 +40,20 @@ class OnnxBackend:
                                  f"{len(m['inputs'])} / {len(m['outputs'])}")
             self.io[m["name"]] = (ins, outs)
 
+    def _session(self, method: str) -> ort.InferenceSession:
+        so = ort.SessionOptions()
+        so.log_severity_level = 3  # fp16 graphs log harmless "cannot constant-fold fp16 Gemm" warnings
+        if self.threads:
+            so.intra_op_num_threads = self.threads
+        return ort.InferenceSession(str(self.bundle / self.files[method]), so, providers=self.providers)
+
+    def release(self, method: str) -> None:
+        """Drop `method`'s session (the graphs are stateless: the KV cache is an explicit tensor)."""
+        self.sessions.pop(method, None)
+
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        if method not in self.sessions:
+            self.sessions[method] = self._session(method)
         ins, outs = self.io[method]
         feeds = {n: t.detach().contiguous().numpy() for n, t in zip(ins, inputs)}
         return [torch.from_numpy(o) for o in self.sessions[method].run(outs, feeds)]
