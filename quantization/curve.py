@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.perf_counter()
     if a.synthetic_0p7b is not None:
-        hart = load(synthetic_0p7b(a.synthetic_0p7b))
+        hart = load(synthetic_0p7b(a.synthetic_0p7b), prefer_ema=False)  # safetensors: mapped, less transient RAM
     else:
         hart = default_model() if a.checkpoint is None else load(a.checkpoint)
     if a.scales:
