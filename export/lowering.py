@@ -8,10 +8,12 @@ Workarounds for ExecuTorch 1.5.1, each explained where it is defined:
   own `remove_unused_parameters_pass` only drops parameters, so unused buffers were serialized into
   each .pte (the diffusion head carried 1.4 MB of zero KV cache).
 - `ConnectedXnnpackPartitioner`: see its docstring.
+- `tensors_shared_in_preprocess`: see its docstring (memory of multi-method programs).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import itertools
 
@@ -99,6 +101,39 @@ class ConnectedXnnpackPartitioner(XnnpackPartitioner):
                 for part in super().generate_partitions(ep) for comp in connected_components(set(part.nodes))]
 
 
+@contextlib.contextmanager
+def tensors_shared_in_preprocess():
+    """While lowering, XNNPACK preprocesses a copy of each partition that shares its weight tensors.
+
+    ExecuTorch 1.5.1 (`backend_api.lower_all_submodules_to_backend`) deep-copies every delegated
+    partition's ExportedProgram, weights included, for all methods of a program at once, before
+    preprocessing any of them. The AR program has one method per scale and every method reads every
+    weight, so that is one extra copy of the weights per method: for the 0.7B transformer at 512 px
+    (10 methods) RSS grew from 12.6 GB to 18.9 GB within a minute and was still climbing (stopped
+    with 3.5 GB of RAM left). XNNPACK's preprocess never writes into a source tensor (its passes
+    replace state-dict entries), so the copy keeps an independent graph and state-dict mapping and
+    shares the tensors: what ExecuTorch's own CUDA backend does in its low-memory mode.
+    """
+    from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
+
+    name = "copy_exported_program_for_preprocess"
+    own = XnnpackBackend.__dict__.get(name)
+
+    def copy_sharing_tensors(cls, edge_program: ExportedProgram, compile_specs) -> ExportedProgram:
+        memo = {id(t): t for table in (edge_program.state_dict, edge_program.constants) for t in table.values()
+                if isinstance(t, torch.Tensor)}
+        return copy.deepcopy(edge_program, memo)
+
+    setattr(XnnpackBackend, name, classmethod(copy_sharing_tensors))
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(XnnpackBackend, name)
+        else:
+            setattr(XnnpackBackend, name, own)
+
+
 def lower(programs: dict[str, ExportedProgram], shared_state: bool, check_ir: bool = False):
     """Lower methods into one ExecuTorch program (weights stored once; with `shared_state`, one
     mutable KV allocation that every method reads and writes).
@@ -107,8 +142,9 @@ def lower(programs: dict[str, ExportedProgram], shared_state: bool, check_ir: bo
     constant duplication (~1/3 of lowering time for the 8-step diffusion head); the parity gate
     checks the result numerically instead.
     """
-    edge = to_edge_transform_and_lower(programs, partitioner=[ConnectedXnnpackPartitioner()],
-                                       compile_config=EdgeCompileConfig(_check_ir_validity=check_ir))
+    with tensors_shared_in_preprocess():
+        edge = to_edge_transform_and_lower(programs, partitioner=[ConnectedXnnpackPartitioner()],
+                                           compile_config=EdgeCompileConfig(_check_ir_validity=check_ir))
     planning = MemoryPlanningPass(share_mutable_buffers=shared_state)
     return edge.to_executorch(ExecutorchBackendConfig(memory_planning_pass=planning,
                                                       emit_mutable_buffer_names=shared_state))
