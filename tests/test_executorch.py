@@ -223,7 +223,10 @@ def test_8da4w_recipe_is_recorded_and_compresses(bundles):
     assert m["components"]["ar_transformer"]["bits_per_weight"] < 10
     assert 15.5 < m["components"]["diffusion_head"]["bits_per_weight"] < 17
     assert m["memory"]["peak_bytes"] == sum(m["memory"][k] for k in ("weights_bytes", "kv_cache_bytes",
-                                                                     "largest_activation_bytes"))
+                                                                     "resident_activation_bytes"))
+    arenas = [max(c["planned_arena_bytes"].values()) - (m["memory"]["kv_cache_bytes"] if c["shared_mutable_state"]
+                                                           else 0) for c in m["components"].values()]
+    assert m["memory"]["resident_activation_bytes"] == sum(arenas) > m["memory"]["largest_activation_bytes"]
 
 
 def test_host_benchmark_over_real_bundles(bundles, tmp_path):
