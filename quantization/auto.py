@@ -53,7 +53,9 @@ class Unit:
 
 def units(ar: nn.Module, granularity: str = "kind") -> list[Unit]:
     """Search units: per block qkv / proj / MLP (and its AdaLN if any), then the single layers;
-    granularity "block" makes one unit of each block (fewer measurements for deep models)."""
+    granularity "block" makes one unit of each block, "blocksN" one of every N consecutive blocks
+    (fewer measurements for deep models)."""
+    per = int(granularity[6:]) if granularity.startswith("blocks") and granularity[6:].isdigit() else 1
     lin = {n: m for n, m in ar.named_modules() if isinstance(m, nn.Linear) and not n.startswith(AR_KEEP_PREFIXES)}
     kinds = (("qkv", "attn.qkv_proj"), ("proj", "attn.proj"), ("mlp", ".ffn."), ("ada", ".ada_lin."))
     groups: dict[str, list[str]] = {}
@@ -61,7 +63,12 @@ def units(ar: nn.Module, granularity: str = "kind") -> list[Unit]:
         if n.startswith("blocks."):
             i = n.split(".")[1]
             kind = next((k for k, pat in kinds if pat in f".{n.split('.', 2)[2]}"), "other")
-            groups.setdefault(f"block{i}" if granularity == "block" else f"block{i}.{kind}", []).append(n)
+            if granularity == "kind":
+                unit = f"block{i}.{kind}"
+            else:
+                first = int(i) // per * per
+                unit = f"block{i}" if per == 1 else f"blocks{first}-{first + per - 1}"
+            groups.setdefault(unit, []).append(n)
         else:
             groups.setdefault(n.split(".")[0], []).append(n)
     return [Unit(k, v, sum(lin[n].weight.numel() for n in v), sum(lin[n].out_features for n in v))

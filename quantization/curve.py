@@ -28,14 +28,15 @@ def measure(hart: Hart, layers: dict[str, str], ref: auto.Reference, group_size:
 
 
 def curve(hart: Hart, budgets: list[float], backend: str = "executorch", group_size: int = 32,
-          granularity: str = "kind", log=print) -> dict:
+          granularity: str = "kind", log=print, runs: int = 2) -> dict:
     from runtime_py.parity import RUNS
 
+    gate_runs = RUNS[:runs]
     low, mid, top = auto.SCHEMES[backend]
     us = [u for u in auto.units(hart.ar, granularity)
           if all(hart.ar.get_submodule(n).in_features % group_size == 0 for n in u.layers)]
     cfg = hart.cfg.sampler.cfg
-    held_out = auto.reference(hart, cfg, RUNS)
+    held_out = auto.reference(hart, cfg, gate_runs)
     points = []
 
     def point(name: str, layers: dict[str, str], extra: dict | None = None) -> None:
@@ -51,13 +52,14 @@ def curve(hart: Hart, budgets: list[float], backend: str = "executorch", group_s
         point(s, {n: s for u in us for n in u.layers})
     plans, memo = {}, {}
     for b in budgets:
-        plan = auto.search(hart, b, backend, group_size, log=log, granularity=granularity, memo=memo)
+        plan = auto.search(hart, b, backend, group_size, log=log, granularity=granularity, memo=memo,
+                           runs=auto.CALIBRATION[:runs])
         plans[str(b)] = plan.to_json()
         point(f"auto@{b}", plan.layers, {"budget": b, "calibration_agreement": round(plan.measured_agreement, 4),
                                          "units": plan.counts(), "search_seconds": plan.seconds})
     return {"model": hart.cfg.name, "patch_nums": list(hart.cfg.ar.patch_nums), "backend": backend,
             "group_size": group_size, "granularity": granularity, "units": len(us),
-            "linear_params": sum(u.params for u in us), "held_out_runs": [list(r) for r in RUNS],
+            "linear_params": sum(u.params for u in us), "held_out_runs": [list(r) for r in gate_runs],
             "points": points, "plans": plans}
 
 
@@ -114,8 +116,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9])
     p.add_argument("--backend", choices=sorted(auto.SCHEMES), default="executorch")
     p.add_argument("--group-size", type=int, default=32)
-    p.add_argument("--granularity", choices=("kind", "block"), default="kind",
-                   help="search units: per block qkv/proj/MLP (kind) or whole blocks (block)")
+    p.add_argument("--granularity", default="kind",
+                   help="search units: per block qkv/proj/MLP (kind), whole blocks (block), or N consecutive "
+                        "blocks (blocksN, e.g. blocks6)")
+    p.add_argument("--runs", type=int, choices=(1, 2), default=2,
+                   help="prompt/seed runs for calibration and for the held-out measurement (default 2)")
     p.add_argument("--scales", type=int, help="keep only the first N scales of the schedule")
     p.add_argument("--out", type=Path, required=True, help="output folder (curve.json, curve.md, curve.png)")
     a = p.parse_args(argv)
@@ -123,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--budgets are token agreements in (0, 1], got {a.budgets}")
     if a.checkpoint is not None and not a.checkpoint.is_dir():
         p.error(f"--checkpoint {a.checkpoint} is not a folder")
+    if a.granularity not in ("kind", "block") and not (a.granularity.startswith("blocks")
+                                                        and a.granularity[6:].isdigit() and int(a.granularity[6:]) > 0):
+        p.error(f"--granularity must be kind, block or blocksN, got {a.granularity!r}")
     from export.executorch import with_patch_nums
     from model import load
     from model.build import default_model
@@ -136,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         if not 2 <= a.scales <= len(hart.cfg.ar.patch_nums):
             p.error(f"--scales must be in [2, {len(hart.cfg.ar.patch_nums)}], got {a.scales}")
         hart = with_patch_nums(hart, hart.cfg.ar.patch_nums[:a.scales])
-    res = curve(hart, a.budgets, a.backend, a.group_size, a.granularity, log=lambda m: print(m, file=sys.stderr))
+    res = curve(hart, a.budgets, a.backend, a.group_size, a.granularity, log=lambda m: print(m, file=sys.stderr),
+                runs=a.runs)
     res["seconds"] = round(time.perf_counter() - t0, 1)
     print(write_results(a.out, "curve", res, markdown(res), chart))
     return 0

@@ -178,3 +178,11 @@ def test_curve_cli_rejects_bad_arguments(tmp_path, capsys, args, msg):
         curve.main([*args, "--out", str(tmp_path / "never")])
     assert e.value.code == 2 and msg in capsys.readouterr().err
     assert not (tmp_path / "never").exists()
+
+
+def test_coarser_units_for_deep_models(default_hart):
+    per_block = auto.units(default_hart.ar, "block")
+    assert [u.name for u in per_block if u.name.startswith("block")] == ["block0", "block1"]
+    grouped = auto.units(default_hart.ar, "blocks2")
+    assert [u.name for u in grouped if u.name.startswith("block")] == ["blocks0-1"]
+    assert sum(u.params for u in grouped) == sum(u.params for u in auto.units(default_hart.ar))
