@@ -133,16 +133,11 @@ def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, di
 
 def with_patch_nums(hart: Hart, patch_nums: tuple[int, ...]) -> Hart:
     """The same weights on another scale schedule (the steps, caches and resampling matrices change)."""
+    from model.build import with_config
+
     if tuple(patch_nums) == tuple(hart.cfg.ar.patch_nums):
         return hart
-    cfg = replace(hart.cfg, ar=replace(hart.cfg.ar, patch_nums=tuple(patch_nums)))
-    out = Hart(cfg, with_text=False)
-    missing, _ = out.load_state_dict({k: v for k, v in hart.state_dict().items() if not k.startswith("text.")},
-                                     strict=False)
-    if missing:
-        raise ValueError(f"schedule change lost weights: {missing[:3]}")
-    out.text = hart.text
-    return out.eval().requires_grad_(False)
+    return with_config(hart, replace(hart.cfg, ar=replace(hart.cfg.ar, patch_nums=tuple(patch_nums))), "schedule")
 
 
 def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,

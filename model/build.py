@@ -44,3 +44,17 @@ def build(cfg: HartConfig, seed: int = DEFAULT_SEED) -> Hart:
 
 def default_model() -> Hart:
     return build(default_config())
+
+
+def with_config(hart: Hart, cfg: HartConfig, what: str) -> Hart:
+    """The same weights (and text encoder) under another config, e.g. a scale schedule or a memory mode:
+    steps, caches and resampling matrices are rebuilt; `what` names the change in the error."""
+    if cfg == hart.cfg:
+        return hart
+    out = Hart(cfg, with_text=False)
+    missing, _ = out.load_state_dict({k: v for k, v in hart.state_dict().items() if not k.startswith("text.")},
+                                     strict=False)
+    if missing:
+        raise ValueError(f"{what} change lost weights: {missing[:3]}")
+    out.text = hart.text
+    return out.eval().requires_grad_(False)

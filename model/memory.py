@@ -65,17 +65,9 @@ def with_memory_mode(hart, kv_cache: str | None = None, attn_chunk: int | None =
     Caches are non-persistent buffers, so only the config and the cache allocation change."""
     from dataclasses import replace
 
-    from model.hart import Hart
+    from model.build import with_config
 
     cfg = replace(hart.cfg, kv_cache=hart.cfg.kv_cache if kv_cache is None else kv_cache,
                   attn_chunk=hart.cfg.attn_chunk if attn_chunk is None else attn_chunk)
     check_memory_mode(cfg.kv_cache, cfg.attn_chunk)
-    if cfg == hart.cfg:
-        return hart
-    out = Hart(cfg, with_text=False)
-    missing, _ = out.load_state_dict({k: v for k, v in hart.state_dict().items() if not k.startswith("text.")},
-                                     strict=False)
-    if missing:
-        raise ValueError(f"memory mode change lost weights: {missing[:3]}")
-    out.text = hart.text
-    return out.eval().requires_grad_(False)
+    return with_config(hart, cfg, "memory mode")
