@@ -241,7 +241,10 @@ def test_host_benchmark_over_real_bundles(bundles, tmp_path):
     names = [t["name"] for t in r["targets"]]
     assert names == ["eager-fp32", "fp32", "8da4w"]
     for t in r["targets"][1:]:
-        assert t["backend"] == "executorch" and t["size_bytes"] > 0 and t["load_ms"]["cold"] > 0
+        assert t["backend"] == "executorch" and t["load_ms"]["cold"] > 0
+        files = t["size_bytes"]["files"]
+        assert t["size_bytes"]["total"] == sum(files.values()) and files["ar_transformer.pte"] > 0
+        assert not any(k.startswith("golden/") for k in files)
         assert {"text_encoder", "scale_09", "diffusion_head", "vae_decoder"} <= set(t["stages"])
         assert all(t["stages"][k]["median_ms"] > 0 and "ratio_to_baseline" in t["stages"][k]
                    for k in ("text_encoder", "scale_09", "diffusion_head", "vae_decoder"))
