@@ -157,7 +157,10 @@ def check_destination(dest: Path) -> None:
 
 
 def check_export_args(p, a, default_out: Path | None) -> None:
-    """Checks every exporter CLI shares: --checkpoint is a folder, --out is free or an old bundle."""
+    """Checks every exporter CLI shares: --checkpoint is a folder, --attn-chunk >= 0, --out is free or an
+    old bundle."""
+    if a.attn_chunk < 0:
+        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     if a.checkpoint is not None and not a.checkpoint.is_dir():
         p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
     a.out = a.out or default_out
@@ -166,6 +169,15 @@ def check_export_args(p, a, default_out: Path | None) -> None:
             check_destination(a.out.absolute())
         except ValueError as e:
             p.error(str(e))
+
+
+def add_memory_mode_args(p, kv_default: str = "fp32", kv_help: str = "int8 = per-token scales, quantized on "
+                         "write") -> None:
+    """--kv-cache and --attn-chunk, shared by every exporter (check_export_args validates --attn-chunk)."""
+    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default=kv_default,
+                   help=f"KV cache memory mode: {kv_help} (default {kv_default})")
+    p.add_argument("--attn-chunk", type=int, default=0,
+                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
 
 
 def check_auto_args(p, a) -> None:

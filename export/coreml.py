@@ -194,10 +194,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--compute-units", choices=cc.COMPUTE_UNITS, default="all",
                    help="recommended MLComputeUnits recorded in the manifest (default all)")
     p.add_argument("--schedule", help=f"scale schedule: {', '.join(SCHEDULES)} or sides like 1,2,4 (default: model's)")
-    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp16",
-                   help="KV cache memory mode: Core ML states are fp16 only, so fp16 is the one accepted (default)")
-    p.add_argument("--attn-chunk", type=int, default=0,
-                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
+    fmt.add_memory_mode_args(p, "fp16", "Core ML states are fp16 only, so fp16 is the one accepted")
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/coreml-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
@@ -208,8 +205,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                 "rejects other state dtypes), so an int8 or fp32 cache cannot be exported; use --kv-cache fp16 "
                 "(half of fp32) with --attn-chunk N to cut the attention peak, or export.executorch / export.onnx "
                 "--kv-cache int8 for an int8 cache")
-    if a.attn_chunk < 0:
-        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     fmt.check_auto_args(p, a)
     fmt.check_export_args(p, a, None)
     a.schedule_name = a.schedule

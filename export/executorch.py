@@ -282,18 +282,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
     p.add_argument("--vae-dtype", choices=("auto", "fp16", "fp32"), default="auto",
                    help=f"VAE decoder precision for quantized recipes; auto = fp16 if >= {VAE_FP16_MIN_PSNR} dB")
-    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="KV cache memory mode: int8 = per-token scales, quantized on write (default fp32)")
-    p.add_argument("--attn-chunk", type=int, default=0,
-                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
+    fmt.add_memory_mode_args(p)
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/executorch-<quant>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if a.group_size <= 0 or a.group_size % 2:
         p.error(f"--group-size must be a positive even number, got {a.group_size}")
     fmt.check_auto_args(p, a)
-    if a.attn_chunk < 0:
-        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
     return a
 

@@ -165,15 +165,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quant", choices=sorted(RECIPES), default="int4",
                    help="int4: AR MatMulNBits, text int8, diffusion/VAE fp16 (default); int8; fp32")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
-    p.add_argument("--kv-cache", choices=("fp32", "fp16", "int8"), default="fp32",
-                   help="KV cache memory mode: int8 = codes + kv_scale state tensor, quantized on write (default fp32)")
-    p.add_argument("--attn-chunk", type=int, default=0,
-                   help="attention over query chunks of N tokens, no full score matrix (default 0 = off)")
+    fmt.add_memory_mode_args(p, kv_help="int8 = codes + kv_scale state tensor, quantized on write")
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/onnx-<quant>), replaced atomically")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)
-    if a.attn_chunk < 0:
-        p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
     fmt.check_export_args(p, a, Path("bundles") / f"onnx-{a.quant}")
     return a
 
