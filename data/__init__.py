@@ -1,0 +1,1 @@
+"""Procedural captioned-image world (generator + analyser) for training and judging the default model."""
