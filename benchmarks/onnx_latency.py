@@ -36,15 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     for b in a.bundle:
         if not (b / "manifest.json").is_file():
             p.error(f"--bundle {b} has no manifest.json (export one with python -m export.onnx)")
-    from export.onnx_graphs import FunctionalEagerBackend, onnx_method_specs
     from model.build import default_model
+    from model.explicit_kv import FunctionalEagerBackend, explicit_kv_specs
     from model.stages import method_specs
     from runtime_py.backends.onnx import OnnxBackend
     from runtime_py.pipeline import EagerBackend, Pipeline
 
     torch.set_num_threads(a.threads)
     hart = default_model()
-    trace = Pipeline(onnx_method_specs(hart), FunctionalEagerBackend(hart), hart.text.tokenizer).generate(
+    trace = Pipeline(explicit_kv_specs(hart), FunctionalEagerBackend(hart), hart.text.tokenizer).generate(
         "a lighthouse at dusk", 7, 4.5, keep_trace=True).trace
     eager, n_in = EagerBackend(hart), {s.name: len(s.inputs) for s in method_specs(hart)}  # stateful: no cache input
     cols = {"eager fp32": time_methods(eager, {m: t["in"][:n_in[m]] for m, t in trace.items()}, a.runs)}

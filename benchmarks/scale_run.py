@@ -57,7 +57,7 @@ class Steps:
 
 
 def do_export(spec: dict) -> dict:
-    import export.executorch as ex
+    import export.executorch.exporter as ex
     from benchmarks.scale import scale_config
     from model.build import build
 

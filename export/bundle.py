@@ -25,17 +25,15 @@ from pathlib import Path
 
 import torch
 
-from model.config import DEFAULT_SEED
 from model.diffusion import VAE_SCALE
 from model.hart import Hart
 from model.stages import MethodSpec
-from runtime_py.bundle import sha256_file
+from runtime_py.bundle import checkpoint_source, default_source, sha256_file  # noqa: F401 - re-exported for exporters
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSION = 1
 MIN_RUNTIME_VERSION = 1  # runtime_py/bundle.py RUNTIME_VERSION must be >= this
 GOLDEN_PROMPT, GOLDEN_SEED = "a lighthouse on a cliff at dusk", 7
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 TAU_FORMULA = "tau = max(0.27 * (1 - 0.95 * r), 0.005)"
 
 # Parity thresholds per recipe (runtime_py/parity.py). fp32 must reproduce eager: every token on
@@ -278,18 +276,6 @@ def rng_info(specs: list[MethodSpec]) -> dict:
 def tokenizer_info(hart: Hart, file: str) -> dict:
     tok = hart.text.tokenizer
     return {"file": file, "max_tokens": tok.max_tokens, "pad_token": tok.pad_token, "pad_id": tok.pad_id}
-
-
-def default_source(seed: int = DEFAULT_SEED) -> dict:
-    return {"kind": "default-seeded", "seed": seed, "config": "default"}
-
-
-def checkpoint_source(path: Path) -> dict:
-    """Identity of a checkpoint folder: its name and the sha256 of every weight file in it."""
-    path = Path(path)
-    weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
-    return {"kind": "checkpoint", "name": path.name,
-            "weights": {p.relative_to(path).as_posix(): sha256_file(p) for p in weights}}
 
 
 def versions() -> dict:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
@@ -58,3 +59,10 @@ def with_config(hart: Hart, cfg: HartConfig, what: str) -> Hart:
         raise ValueError(f"{what} change lost weights: {missing[:3]}")
     out.text = hart.text
     return out.eval().requires_grad_(False)
+
+
+def with_patch_nums(hart: Hart, patch_nums: tuple[int, ...]) -> Hart:
+    """The same weights on another scale schedule (the steps, caches and resampling matrices change)."""
+    if tuple(patch_nums) == tuple(hart.cfg.ar.patch_nums):
+        return hart
+    return with_config(hart, replace(hart.cfg, ar=replace(hart.cfg.ar, patch_nums=tuple(patch_nums))), "schedule")

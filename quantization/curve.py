@@ -131,9 +131,8 @@ def main(argv: list[str] | None = None) -> int:
     if a.granularity not in ("kind", "block") and not (a.granularity.startswith("blocks")
                                                         and a.granularity[6:].isdigit() and int(a.granularity[6:]) > 0):
         p.error(f"--granularity must be kind, block or blocksN, got {a.granularity!r}")
-    from export.executorch import with_patch_nums
     from model import load
-    from model.build import default_model
+    from model.build import default_model, with_patch_nums
 
     t0 = time.perf_counter()
     if a.synthetic_0p7b is not None:

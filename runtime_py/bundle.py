@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import torch
 
+from model.config import DEFAULT_SEED
 from model.stages import MethodSpec, TensorSpec
 from model.tokenizer import PromptTokenizer
 
@@ -174,3 +175,18 @@ def open_pipeline(bundle_dir: str | Path, backend=None, progress=None):
     bundle = Bundle.open(bundle_dir)
     be = backend if backend is not None else create_backend(bundle)
     return Pipeline(bundle.specs, be, bundle.tokenizer(), progress=progress), bundle
+
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
+
+
+def default_source(seed: int = DEFAULT_SEED) -> dict:
+    return {"kind": "default-seeded", "seed": seed, "config": "default"}
+
+
+def checkpoint_source(path: Path) -> dict:
+    """Identity of a checkpoint folder: its name and the sha256 of every weight file in it."""
+    path = Path(path)
+    weights = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    return {"kind": "checkpoint", "name": path.name,
+            "weights": {p.relative_to(path).as_posix(): sha256_file(p) for p in weights}}

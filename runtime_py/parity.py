@@ -48,7 +48,7 @@ import torch
 from model.hart import Hart, gumbel_from_uniform
 from model.memory import with_memory_mode
 from model.stages import MethodSpec, method_specs
-from runtime_py.bundle import Bundle, BundleError
+from runtime_py.bundle import Bundle, BundleError, checkpoint_source
 from runtime_py.cli import OneLineParser
 from runtime_py.pipeline import EagerBackend, Generation, Pipeline
 
@@ -241,10 +241,8 @@ def end_to_end(pipe: Pipeline, hart: Hart, refs: list[tuple[Generation, dict]], 
 
 def reference_model(bundle: Bundle, checkpoint: Path | None) -> Hart:
     """The fp32 eager model the manifest says the bundle came from, on the bundle's schedule."""
-    from export.bundle import checkpoint_source
-    from export.executorch import with_patch_nums
     from model import load
-    from model.build import build
+    from model.build import build, with_patch_nums
     from model.config import default_config
 
     src = bundle.manifest["model"]["source"]
@@ -294,7 +292,7 @@ def full_precision(hart: Hart, gens: list[Generation], same_mode: list[tuple[Gen
 def reference_backend(hart: Hart, specs: list[MethodSpec]):
     """The eager reference for `specs`: ONNX bundles carry the KV cache as a tensor (`kv_cache` in/out)."""
     if any(t.name == "kv_cache" for m in specs for t in m.inputs):
-        from export.onnx_graphs import FunctionalEagerBackend
+        from model.explicit_kv import FunctionalEagerBackend
 
         return FunctionalEagerBackend(hart)
     return EagerBackend(hart)
@@ -302,9 +300,9 @@ def reference_backend(hart: Hart, specs: list[MethodSpec]):
 
 def contract_check(bundle: Bundle, hart: Hart) -> None:
     if bundle.backend == "onnx":
-        from export.onnx_graphs import onnx_method_specs
+        from model.explicit_kv import explicit_kv_specs
 
-        want = onnx_method_specs(hart)  # the contract plus the explicit KV cache
+        want = explicit_kv_specs(hart)  # the contract plus the explicit KV cache
     else:
         want = method_specs(hart)
     if want != bundle.specs:
@@ -400,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--checkpoint {a.checkpoint} is not a folder")
     t0 = time.perf_counter()
     if _manifest_backend(a.bundle) == "coreml":  # Core ML can't execute off macOS: its own section of checks
-        from runtime_py.coreml_parity import coreml_section, print_section
+        from runtime_py.coreml.parity import coreml_section, print_section
 
         sec = coreml_section(a.bundle, a.checkpoint)
         if a.report:

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from export import bundle as fmt
-from export.coreml_manifest import parity_thresholds
+from export.coreml.manifest import parity_thresholds
 from quantization import auto
 from quantization.recipes import apply_recipe
 
@@ -112,7 +112,7 @@ def test_auto_cli_rejects_bad_arguments(tmp_path, capsys, module, args, msg):
 
     out = tmp_path / "never"
     with pytest.raises(SystemExit) as e:
-        importlib.import_module(module).main([*args, "--out", str(out)])
+        importlib.import_module(f"{module}.exporter").main([*args, "--out", str(out)])
     assert e.value.code == 2
     assert msg in capsys.readouterr().err.strip().splitlines()[-1]
     assert not out.exists()

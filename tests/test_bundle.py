@@ -201,7 +201,7 @@ def test_checkpoint_identity_is_checked_by_the_parity_reference(tmp_path, defaul
 
 def test_exporter_manifest_is_complete(tmp_path, default_hart, monkeypatch):
     """export_bundle's manifest with stand-in programs (no lowering): every documented field."""
-    import export.executorch as ex
+    import export.executorch.exporter as ex
 
     fake = {"params": 10, "weight_bytes": 40, "seconds": 0.0, "cpu_seconds": 0.0, "shared_mutable_state": False,
             "planned_arena_bytes": {"m": 1000}}
@@ -225,7 +225,7 @@ def test_exporter_manifest_is_complete(tmp_path, default_hart, monkeypatch):
 
 def test_vae_falls_back_to_fp32_when_fp16_is_not_close_enough(tmp_path, default_hart, monkeypatch):
     """--vae-dtype auto measures the fp16 decoder against fp32 eager and records the decision."""
-    import export.executorch as ex
+    import export.executorch.exporter as ex
 
     fake = {"params": 10, "weight_bytes": 40, "seconds": 0.0, "cpu_seconds": 0.0, "shared_mutable_state": False,
             "planned_arena_bytes": {"m": 1000}}

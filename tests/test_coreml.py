@@ -1,7 +1,7 @@
 """Core ML export (python -m export.coreml) and its Linux-side verification.
 
 Core ML cannot execute on Linux: these tests convert real packages and check them with
-runtime_py.coreml_checks / coreml_parity (structure, stored weights, fp16 parity in PyTorch).
+runtime_py.coreml.checks / coreml_parity (structure, stored weights, fp16 parity in PyTorch).
 """
 
 from __future__ import annotations
@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from export import coreml as cli
-from export.coreml_convert import const_to_param, output_features, param_index
+from export.coreml import exporter as cli
+from export.coreml.convert import output_features
+from runtime_py.coreml.conventions import const_to_param, param_index
 
 PROMPT, SEED = "a lighthouse at dusk", 7
 
@@ -58,7 +59,7 @@ def test_output_names_and_param_mapping(default_hart):
 
 @pytest.mark.slow
 def test_failed_export_leaves_nothing(tmp_path, monkeypatch, default_hart):
-    from export import coreml_convert
+    from export.coreml import convert as coreml_convert
 
     def boom(*_a, **_k):
         raise RuntimeError("conversion failed")
@@ -76,7 +77,7 @@ def test_fp32_compute_check_allows_only_islands():
     import coremltools as ct
     from coremltools.converters.mil import Builder as mb
 
-    from runtime_py.coreml_checks import Check, _check_precision
+    from runtime_py.coreml.checks import Check, _check_precision
 
     w = np.ones((4, 4), np.float32)
 
@@ -104,7 +105,7 @@ def bundle(tmp_path_factory) -> tuple[Path, cli.Report]:
 
 @pytest.mark.slow
 def test_graph_fixes_remove_unsupported_nodes(default_hart):
-    from export.coreml_graph import export_stage
+    from export.coreml.graph import export_stage
     from model.stages import example_inputs, method_specs
 
     specs = {s.name: s for s in method_specs(default_hart)}
@@ -124,7 +125,7 @@ def test_graph_fixes_remove_unsupported_nodes(default_hart):
 def test_conversion_and_structure(bundle):
     from runtime_py.backends import create_backend
     from runtime_py.bundle import Bundle
-    from runtime_py.coreml_checks import check_structure
+    from runtime_py.coreml.checks import check_structure
 
     out, rep = bundle
     manifest = Bundle.open(out).manifest  # the shared validator: header, file table, sha256
@@ -151,7 +152,7 @@ def test_conversion_and_structure(bundle):
 
 @pytest.mark.slow
 def test_structure_check_catches_wrong_shape(bundle):
-    from runtime_py.coreml_checks import check_structure
+    from runtime_py.coreml.checks import check_structure
 
     out, _ = bundle
     manifest = json.loads((out / "manifest.json").read_text())
@@ -172,7 +173,7 @@ def test_structure_check_catches_wrong_shape(bundle):
 
 @pytest.mark.slow
 def test_weights_and_fp16_parity(bundle):
-    from runtime_py.coreml_parity import coreml_section
+    from runtime_py.coreml.parity import coreml_section
 
     out, _ = bundle
     sec = coreml_section(out)
@@ -200,7 +201,7 @@ def _scale_blob(pkg: Path, weight: str) -> int:
 @pytest.mark.slow
 def test_tampered_weight_fails_numerics(bundle, tmp_path):
     from runtime_py.bundle import Bundle, BundleError
-    from runtime_py.coreml_checks import check_structure, check_weights
+    from runtime_py.coreml.checks import check_structure, check_weights
     from runtime_py.parity import reference_model
 
     src, _ = bundle
@@ -244,7 +245,7 @@ def test_synthetic_official_checkpoint_converts(tmp_path):
     from model.build import build
     from model.config import DEFAULT_SEED
     from runtime_py.bundle import Bundle
-    from runtime_py.coreml_checks import check_structure, check_weights
+    from runtime_py.coreml.checks import check_structure, check_weights
     from runtime_py.parity import contract_check, reference_model
 
     ckpt = save(build(tiny_config(), seed=DEFAULT_SEED + 101), tmp_path / "ckpt")
@@ -271,8 +272,8 @@ def test_auto_plan_per_layer_dtypes_and_budget(tmp_path):
     """--quant auto: the plan reaches coremltools as op_name_configs, every weight is stored with its
     layer's dtype, and the fp16 stand-in gate checks the plan's budget."""
     from model.build import default_model
-    from runtime_py.coreml_checks import check_structure
-    from runtime_py.coreml_parity import coreml_section
+    from runtime_py.coreml.checks import check_structure
+    from runtime_py.coreml.parity import coreml_section
 
     hart = default_model()
     layers = {n: "int4" for n, m in hart.ar.named_modules() if isinstance(m, torch.nn.Linear)

@@ -135,7 +135,7 @@ def test_kv_cache_carries_across_methods(fp32_bundle):
 
 def test_interrupted_export_leaves_no_bundle(tmp_path, default_hart, monkeypatch, fp32_bundle):
     """An exception after some artifacts were written: no bundle, no temp folders, old bundle kept."""
-    import export.executorch as ex
+    import export.executorch.exporter as ex
 
     calls = []
 

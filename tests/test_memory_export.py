@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from export import bundle as fmt
-from export.onnx_graphs import KV_NAME, KV_SCALE_NAME, FunctionalEagerBackend, onnx_method_specs
 from model.build import default_model
+from model.explicit_kv import KV_NAME, KV_SCALE_NAME, FunctionalEagerBackend, explicit_kv_specs
 from model.memory import kv_cache_bytes, with_memory_mode
 from model.stages import method_specs
 from runtime_py.pipeline import EagerBackend, Pipeline
@@ -69,7 +69,7 @@ def test_memory_mode_keeps_weights_and_source(hart):
 def test_onnx_functional_int8_cache_matches_stateful_eager(hart):
     """The ONNX contract's int8 state (kv_cache codes + kv_scale) reproduces the stateful int8 model."""
     m = with_memory_mode(hart, "int8", 32)
-    specs = onnx_method_specs(m)
+    specs = explicit_kv_specs(m)
     first = next(s for s in specs if s.name == "scale_00")
     state = {t.name: t for t in first.inputs[-2:]}
     assert state[KV_NAME].dtype == "int8" and state[KV_SCALE_NAME].dtype == "float32"
@@ -163,7 +163,7 @@ def _check_parity(bundle: Path) -> dict:
 
 @pytest.mark.slow
 def test_executorch_int8_chunked_bundle(exports, hart):
-    from export.executorch import mutable_state
+    from export.executorch.exporter import mutable_state
     from runtime_py.bundle import Bundle
 
     out = exports["executorch"].path()

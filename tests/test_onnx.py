@@ -2,7 +2,7 @@
 
 The default model is exported once per session (about 75 s on 2 cores); the fp32 and int4 bundles
 are written from those graphs. End-to-end gates are runtime_py.parity's, with the thresholds in the
-manifest (export/onnx_manifest.py); fp32 must match eager token for token. The per-method int4
+manifest (export/onnx/manifest.py); fp32 must match eager token for token. The per-method int4
 thresholds below come from measurements (values in comments) with a margin.
 """
 
@@ -18,8 +18,9 @@ import pytest
 import torch
 from onnx import helper, numpy_helper, onnx_pb
 
-from export.onnx_graphs import KV_NAME, FunctionalEagerBackend, kv_shape, onnx_method_specs, unsplat
-from export.onnx_weights import share_external
+from export.onnx.graphs import unsplat
+from export.onnx.weights import share_external
+from model.explicit_kv import KV_NAME, FunctionalEagerBackend, explicit_kv_specs, kv_shape
 from model.stages import TensorSpec, method_specs
 from runtime_py.pipeline import EagerBackend, Pipeline
 
@@ -45,7 +46,7 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> float:
 # ---- fast: contract, pipeline, weight sharing -------------------------------------------------------
 
 def test_specs_carry_the_cache_in_and_out(default_hart):
-    specs = onnx_method_specs(default_hart)
+    specs = explicit_kv_specs(default_hart)
     base = {m.name: m for m in method_specs(default_hart)}
     ar = [m for m in specs if m.component == "ar_transformer"]
     assert [m.name for m in specs] == list(base) and len(ar) == 10
@@ -72,7 +73,7 @@ def test_pipeline_gives_zeros_for_zero_source_inputs():
 def test_functional_steps_equal_the_stateful_model(default_hart):
     """The wrapper that gets exported (cache as a tensor) computes exactly what the stateful model does."""
     ref = Pipeline(method_specs(default_hart), EagerBackend(default_hart), default_hart.text.tokenizer)
-    fun = Pipeline(onnx_method_specs(default_hart), FunctionalEagerBackend(default_hart), default_hart.text.tokenizer)
+    fun = Pipeline(explicit_kv_specs(default_hart), FunctionalEagerBackend(default_hart), default_hart.text.tokenizer)
     a, b = ref.generate(PROMPT, SEED, CFG), fun.generate(PROMPT, SEED, CFG)
     assert all(torch.equal(a.tokens[k], b.tokens[k]) for k in a.tokens)
     assert torch.equal(a.image, b.image)
@@ -131,7 +132,7 @@ def test_unsplat_replaces_filled_constants():
     (["--schedule", "999px"], "invalid choice: '999px'"),
 ])
 def test_export_cli_bad_arguments_one_line_exit_2(capsys, args, needle):
-    from export import onnx as cli
+    from export.onnx import exporter as cli
 
     with pytest.raises(SystemExit) as e:
         cli.main(args)
@@ -141,7 +142,7 @@ def test_export_cli_bad_arguments_one_line_exit_2(capsys, args, needle):
 
 
 def test_export_cli_out_is_a_file(tmp_path, capsys):
-    from export import onnx as cli
+    from export.onnx import exporter as cli
 
     f = tmp_path / "f"
     f.write_text("x")
@@ -154,14 +155,14 @@ def test_export_cli_out_is_a_file(tmp_path, capsys):
 
 @pytest.fixture(scope="session")
 def onnx_graphs(default_hart):
-    from export.onnx import export_graphs
+    from export.onnx.exporter import export_graphs
 
     return export_graphs(default_hart, {"diffusion_head", "vae_decoder"}, progress=False)
 
 
 @pytest.fixture(scope="session")
 def onnx_bundles(default_hart, onnx_graphs, tmp_path_factory) -> dict[str, Path]:
-    from export.onnx import write_bundle
+    from export.onnx.exporter import write_bundle
 
     root = tmp_path_factory.mktemp("onnx")
     out = {}
@@ -181,7 +182,7 @@ def ort_backends(onnx_bundles):
 @pytest.fixture(scope="session")
 def oracle(default_hart):
     """The eager run in ONNX-contract form: every method's inputs and outputs, cache included."""
-    pipe = Pipeline(onnx_method_specs(default_hart), FunctionalEagerBackend(default_hart), default_hart.text.tokenizer)
+    pipe = Pipeline(explicit_kv_specs(default_hart), FunctionalEagerBackend(default_hart), default_hart.text.tokenizer)
     return pipe.generate(PROMPT, SEED, CFG, keep_trace=True)
 
 
@@ -201,7 +202,7 @@ def test_int4_bundle_manifest_files_and_recipe(onnx_bundles, default_hart):
     bundle = Bundle.open(b)  # the shared reader: schema, call order, every file's size and sha256
     man = bundle.manifest
     assert man["backend"] == "onnx" and man["quantization"]["name"] == "int4" and man["parity"]["recipe"] == "int4"
-    specs = onnx_method_specs(default_hart)
+    specs = explicit_kv_specs(default_hart)
     assert bundle.specs == specs and man["call_order"] == [s.name for s in specs]
     for m in man["methods"]:
         graph = onnx.load(b / m["file"], load_external_data=False).graph
@@ -256,7 +257,7 @@ def test_weights_stored_once(onnx_bundles):
 def test_fp32_graphs_match_eager_per_method(ort_backends, oracle, default_hart):
     """Golden-style: each fp32 graph on the oracle's recorded inputs reproduces the oracle's outputs."""
     be = ort_backends["fp32"]
-    specs = {s.name: s for s in onnx_method_specs(default_hart)}
+    specs = {s.name: s for s in explicit_kv_specs(default_hart)}
     for m, tr in oracle.trace.items():
         outs = be.run(m, tr["in"])
         for s, o, r in zip(specs[m].outputs, outs, tr["out"]):
@@ -286,7 +287,7 @@ def test_kv_cache_flows_between_step_graphs(ort_backends, oracle):
 
 def _int4_eager(hart, bundle: Path):
     """A copy of the model whose quantized Linear weights are the int4 graphs' dequantized weights."""
-    from export.onnx_quant import int4_weights
+    from export.onnx.quant import int4_weights
 
     h = copy.deepcopy(hart)
     linears = {n: m for n, m in h.named_modules() if isinstance(m, torch.nn.Linear)}
@@ -309,9 +310,9 @@ def test_int4_graphs_match_eager_with_the_same_int4_weights(onnx_bundles, ort_ba
     """Separates runtime correctness from quantization error: same weights, so only int8 activations differ."""
     h, names = _int4_eager(default_hart, onnx_bundles["int4"])
     assert len(names) == 12  # 10 block linears, head, context_embed
-    trace = Pipeline(onnx_method_specs(h), FunctionalEagerBackend(h), h.text.tokenizer).generate(
+    trace = Pipeline(explicit_kv_specs(h), FunctionalEagerBackend(h), h.text.tokenizer).generate(
         PROMPT, SEED, CFG, keep_trace=True).trace
-    specs = {s.name: s for s in onnx_method_specs(h)}
+    specs = {s.name: s for s in explicit_kv_specs(h)}
     for m in [f"scale_{i:02d}" for i in range(10)]:
         outs = ort_backends["int4"].run(m, trace[m]["in"])
         for s, o, r in zip(specs[m].outputs, outs, trace[m]["out"]):
@@ -323,7 +324,7 @@ def test_int4_graphs_match_eager_with_the_same_int4_weights(onnx_bundles, ort_ba
 
 @pytest.mark.slow
 def test_int4_per_method_vs_fp32(ort_backends, oracle, default_hart):
-    specs = {s.name: s for s in onnx_method_specs(default_hart)}
+    specs = {s.name: s for s in explicit_kv_specs(default_hart)}
     for m, tr in oracle.trace.items():
         outs = ort_backends["int4"].run(m, tr["in"])
         for s, o, r in zip(specs[m].outputs, outs, tr["out"]):
@@ -365,7 +366,7 @@ def test_generate_cli_runs_an_onnx_bundle(onnx_bundles, tmp_path, capsys):
 @pytest.mark.slow
 def test_export_cli_writes_the_bundle_atomically(onnx_graphs, tmp_path, capsys, monkeypatch):
     """CLI wiring (default int4 recipe, summary table, replacing an old bundle) on the session's graphs."""
-    from export import onnx as cli
+    from export.onnx import exporter as cli
 
     monkeypatch.setattr(cli, "export_graphs", lambda hart, fp16, progress=True: onnx_graphs)
     out = tmp_path / "b"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import re
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,15 +19,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from export.coreml_graph import export_stage, fp16_selector
+from export.coreml.graph import export_stage
 from model.stages import MethodSpec, example_inputs
+from runtime_py.coreml.conventions import CONST_NAME, WEIGHT_THRESHOLD, const_to_param, fp16_selector
 
 QUANT_CHOICES = ("int4", "int8", "fp16")
 AUTO_DEFAULT = "int8"  # auto recipe: AR parameters outside the per-layer plan (embeddings, codebook)
 COMPUTE_UNITS = ("all", "cpu_and_ne", "cpu_and_gpu", "cpu_only")
-WEIGHT_THRESHOLD = 2048  # coremltools default: smaller tensors stay fp16
 OUT_SUFFIX = "_out"
-CONST_NAME = re.compile(r"^[pbc]_(?P<base>.+?)(?:_to_fp16)?(?:_quantized)?$")
 
 
 @dataclass(frozen=True)
@@ -77,21 +75,6 @@ def coreml_dtype(contract_dtype: str) -> str:
 
 def state_name(buffer_fqn: str) -> str:
     return buffer_fqn.replace(".", "_")
-
-
-def param_index(hart: torch.nn.Module) -> dict[str, str]:
-    """Sanitized name ('hart_ar_head_weight') -> Stage-level FQN ('hart.ar.head.weight'), params + buffers.
-
-    Keys are lower case: torch.export placeholder names (and so the MIL const names) are lower-cased.
-    """
-    names = [n for n, _ in hart.named_parameters()] + [n for n, _ in hart.named_buffers()]
-    return {f"hart.{n}".replace(".", "_").lower(): f"hart.{n}" for n in names}
-
-
-def const_to_param(const_name: str, index: dict[str, str]) -> str | None:
-    """Map a MIL const / constexpr output name back to the torch FQN it was converted from (None: derived)."""
-    m = CONST_NAME.match(const_name)
-    return index.get(m.group("base").lower()) if m else None
 
 
 @contextlib.contextmanager

@@ -20,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from export import bundle as fmt
-from export import coreml_convert as cc
-from export.coreml_manifest import PACKAGES, build_manifest
+from export.coreml import convert as cc
+from export.coreml.manifest import PACKAGES, build_manifest
 from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
 from model.stages import method_specs
 from runtime_py.cli import OneLineParser
+from runtime_py.coreml.conventions import param_index
 
 
 @dataclass
@@ -79,7 +80,7 @@ def with_schedule(hart: Hart, nums: tuple[int, ...] | None) -> Hart:
 def _convert_all(hart: Hart, recipes: dict[str, cc.QuantRecipe], tmp: Path, progress: bool) -> dict[str, float]:
     """Every method -> its package (AR functions via single-function parts, merged at the end)."""
     specs = method_specs(hart)
-    index = cc.param_index(hart)
+    index = param_index(hart)
     parts_dir = tmp / ".parts"
     parts_dir.mkdir()
     ar_parts, seconds = [], {}
@@ -105,7 +106,7 @@ def _convert_all(hart: Hart, recipes: dict[str, cc.QuantRecipe], tmp: Path, prog
 
 def _components(tmp: Path, specs, recipes: dict[str, cc.QuantRecipe], seconds: dict[str, float]) -> dict[str, dict]:
     """Per package: functions, size, parameters, bits per weight (all stored weights / quantized ones)."""
-    from runtime_py.coreml_package import package_bytes, stored_weights
+    from runtime_py.coreml.package import package_bytes, stored_weights
 
     out = {}
     for comp, pkg in PACKAGES.items():
@@ -234,6 +235,3 @@ def main(argv: list[str] | None = None) -> int:
     print_summary(rep, out)
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -23,14 +23,6 @@ from torch import nn
 
 from model.stages import MethodSpec, Stage
 
-# Ops whose fp16 rounding is catastrophic for this model (see module docstring).
-FP32_SINKS = frozenset({"log", "sin", "cos"})
-# Cheap elementwise/layout ops allowed inside an fp32 island (never linear/matmul/conv/softmax).
-FP32_CHEAP = frozenset({
-    "add", "sub", "mul", "real_div", "concat", "slice_by_index", "expand_dims", "squeeze", "reshape",
-    "cumsum", "fill_like", "stack", "tile", "transpose", "gather", "select", "pad", "clip", "cast",
-})
-
 
 class CoreMLStage(Stage):
     """A `Stage` with int32 instead of int64 at the boundary (Core ML has no int64 tensors)."""
@@ -77,24 +69,3 @@ def export_stage(hart: nn.Module, spec: MethodSpec, example: tuple[torch.Tensor,
     return ep
 
 
-def _children(op) -> list:
-    return [c for v in op.outputs for c in v.child_ops]
-
-
-def keep_fp32(op, _memo: dict | None = None) -> bool:
-    """True if `op` is a sink (log/sin/cos) or a cheap op whose result flows (through cheap ops) into one."""
-    if op.op_type in FP32_SINKS:
-        return True
-    if op.op_type not in FP32_CHEAP:
-        return False
-    memo = {} if _memo is None else _memo
-    key = id(op)
-    if key not in memo:
-        memo[key] = False  # cycle guard (graphs are DAGs, but stay safe)
-        memo[key] = any(keep_fp32(c, memo) for c in _children(op))
-    return memo[key]
-
-
-def fp16_selector(op) -> bool:
-    """`FP16ComputePrecision(op_selector=...)`: True = compute in fp16."""
-    return not keep_fp32(op)

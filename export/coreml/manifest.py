@@ -5,7 +5,7 @@ Core ML specifics live in `coreml` (target, precision policy, states), in each m
 and in `components` (functions, sizes, bits per weight, quantization). `file` of a method is the
 package's own Manifest.json, because the bundle file table lists files and a package is a folder.
 
-The Core ML part is built from the export contract and the naming rules of export/coreml_convert.py,
+The Core ML part is built from the export contract and the naming rules of export/coreml/convert.py,
 not read back from the packages: the structure check compares the packages against it.
 """
 
@@ -16,10 +16,10 @@ import platform
 import torch
 
 from export import bundle as fmt
-from export.coreml_convert import QuantRecipe, coreml_dtype, output_features, state_name
-from export.coreml_graph import FP32_CHEAP, FP32_SINKS
+from export.coreml.convert import QuantRecipe, coreml_dtype, output_features, state_name
 from model.hart import Hart
 from model.stages import MethodSpec
+from runtime_py.coreml.conventions import FP32_CHEAP, FP32_SINKS
 
 DEPLOYMENT_TARGET, SPEC_VERSION, OPSET = "iOS18", 9, "CoreML8"
 PACKAGES = {"text_encoder": "TextEncoder.mlpackage", "ar_transformer": "ArTransformer.mlpackage",

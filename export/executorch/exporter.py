@@ -19,6 +19,7 @@ from torch import nn
 from tqdm import tqdm
 
 from export import bundle as fmt
+from model.build import with_patch_nums
 from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
@@ -54,7 +55,7 @@ def stage_module(hart: Hart, spec: MethodSpec) -> nn.Module:
 
 def export_program(hart: Hart, specs: list[MethodSpec]) -> tuple[bytes, dict]:
     """Lower `specs` (one component) into one .pte; returns its bytes and facts for the manifest."""
-    from export.lowering import lower, prepare
+    from export.executorch.lowering import lower, prepare
 
     t0, c0 = time.perf_counter(), time.process_time()
     programs, weights = {}, {}
@@ -129,15 +130,6 @@ def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, di
     if schedule:
         hart = with_patch_nums(hart, SCHEDULES[schedule])
     return hart, fmt.checkpoint_source(checkpoint)
-
-
-def with_patch_nums(hart: Hart, patch_nums: tuple[int, ...]) -> Hart:
-    """The same weights on another scale schedule (the steps, caches and resampling matrices change)."""
-    from model.build import with_config
-
-    if tuple(patch_nums) == tuple(hart.cfg.ar.patch_nums):
-        return hart
-    return with_config(hart, replace(hart.cfg, ar=replace(hart.cfg.ar, patch_nums=tuple(patch_nums))), "schedule")
 
 
 def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,
@@ -309,6 +301,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']}) in {manifest['export_seconds']} s")
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -17,11 +17,12 @@ import onnx
 from tqdm import tqdm
 
 from export import bundle as fmt
-from export.onnx_graphs import FunctionalEagerBackend, export_graph, graph_module, half_copy, onnx_method_specs
-from export.onnx_manifest import build_manifest, method_entry, quantization_info
-from export.onnx_quant import RECIPES, linear_weights, quantize
-from export.onnx_weights import share_external
+from export.onnx.graphs import export_graph
+from export.onnx.manifest import build_manifest, method_entry, quantization_info
+from export.onnx.quant import RECIPES, linear_weights, quantize
+from export.onnx.weights import share_external
 from model.config import SCHEDULES
+from model.explicit_kv import FunctionalEagerBackend, explicit_kv_specs, graph_module, half_copy
 from model.hart import Hart
 from runtime_py.cli import OneLineParser
 
@@ -52,7 +53,7 @@ def _bar(it, desc: str, progress: bool):
 def export_graphs(hart: Hart, fp16_components: set[str], progress: bool = True) -> Graphs:
     """torch -> ONNX for every method (and an fp16 twin of the listed components)."""
     g = Graphs()
-    specs = onnx_method_specs(hart)
+    specs = explicit_kv_specs(hart)
     half = half_copy(hart) if fp16_components else None
     jobs = [(s, "fp32") for s in specs] + [(s, "fp16") for s in specs if s.component in fp16_components]
     for spec, prec in _bar(jobs, "export", progress):
@@ -74,7 +75,7 @@ def recipe_graphs(hart: Hart, graphs: Graphs, quant: str, progress: bool = True)
     parts = {"text_encoder": (hart.text, (), "text."), "ar_transformer": (hart.ar, ("diffloss",), "ar.")}
     linears = {c: set(linear_weights(m, skip, pre).values()) for c, (m, skip, pre) in parts.items()}
     models, quantized = {}, {}
-    for spec in _bar(onnx_method_specs(hart), "quantize", progress):
+    for spec in _bar(explicit_kv_specs(hart), "quantize", progress):
         prec = recipe[spec.component]
         src = graphs.fp16 if prec == "fp16" else graphs.fp32
         if spec.name not in src:
@@ -91,7 +92,7 @@ def recipe_graphs(hart: Hart, graphs: Graphs, quant: str, progress: bool = True)
 def write_bundle(hart: Hart, graphs: Graphs, quant: str, out: Path, source: dict | None = None,
                  schedule: str | None = None, progress: bool = True) -> Report:
     """Apply the recipe, share weights, write graphs + weights.data + tokenizer + golden + manifest."""
-    specs = onnx_method_specs(hart)
+    specs = explicit_kv_specs(hart)
     models, quant_info = recipe_graphs(hart, graphs, quant, progress)
     self_contained = sum(m.ByteSize() for m in models.values())
     cfg = hart.cfg.sampler.cfg
@@ -176,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:
-        from export.executorch import load_source  # the shared model/source loader (also used by parity)
+        from export.executorch.exporter import load_source  # the shared model/source loader (also used by parity)
         from model.memory import with_memory_mode
 
         hart, source = load_source(a.checkpoint, a.schedule)
@@ -189,6 +190,3 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(rep, a.out))
     return 0
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -15,7 +15,8 @@ import onnxruntime
 import torch
 
 from export import bundle as fmt
-from export.onnx_graphs import KV_LAYOUT, KV_NAME, KV_SCALE_LAYOUT, OPSET, STATE_NAMES, onnx_io_names
+from export.onnx.graphs import OPSET, onnx_io_names
+from model.explicit_kv import KV_LAYOUT, KV_NAME, KV_SCALE_LAYOUT, STATE_NAMES
 from model.hart import Hart
 from model.stages import MethodSpec, torch_dtype
 

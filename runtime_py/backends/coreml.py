@@ -22,7 +22,7 @@ import torch
 from model.stages import MethodSpec, torch_dtype
 from runtime_py.pipeline import EagerBackend
 
-FP32_INPUTS = ("noise_u",)  # inputs the Core ML graph consumes in fp32 (export/coreml_graph.py islands)
+FP32_INPUTS = ("noise_u",)  # inputs the Core ML graph consumes in fp32 (export/coreml/graph.py islands)
 
 
 class CoreMLUnavailable(ValueError):

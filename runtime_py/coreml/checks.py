@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 
-from export.coreml_convert import CONST_NAME, WEIGHT_THRESHOLD, const_to_param, param_index
-from export.coreml_graph import keep_fp32
-from runtime_py.coreml_package import QUANT_OPS, dtype_name, expand_blocks, load_program, stored_weights
+from runtime_py.coreml.conventions import CONST_NAME, WEIGHT_THRESHOLD, const_to_param, keep_fp32, param_index
+from runtime_py.coreml.package import QUANT_OPS, dtype_name, expand_blocks, load_program, stored_weights
 
 _ARRAY_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32", 65600: "float64"}
 # Serialized op names that differ from their pymil registry names.

@@ -1,10 +1,10 @@
 """The `coreml` section of the parity report: what Linux can prove about a Core ML bundle.
 
-python -m runtime_py.coreml_parity --bundle DIR [--checkpoint CKPT] [--json]
+python -m runtime_py.coreml.parity --bundle DIR [--checkpoint CKPT] [--json]
 
 1. bundle: the shared validator (runtime_py.bundle.Bundle.open: header, sizes, sha256).
 2. structure: packages vs manifest (functions, I/O, states, opset, iOS18 op set, fp32 islands, how
-   weights are stored) - runtime_py.coreml_checks.check_structure.
+   weights are stored) - runtime_py.coreml.checks.check_structure.
 3. contract: the manifest's methods are the reference model's export contract.
 4. weights: every stored parameter is exactly the int4/int8/fp16 image of the fp32 parameter.
 5. sim_*: runtime_py.parity (golden, teacher-forced, components, end to end) with CoreMLSimBackend,
@@ -13,7 +13,7 @@ python -m runtime_py.coreml_parity --bundle DIR [--checkpoint CKPT] [--json]
    with the reason (never counted as passed).
 
 Measured on the default model (CoreMLSimBackend vs fp32 eager over runtime_py.parity's runs; token
-agreement is token-weighted over all scales; thresholds: export/coreml_manifest.py):
+agreement is token-weighted over all scales; thresholds: export/coreml/manifest.py):
 
   AR / text    golden tok  SQNR   teacher-forced tok  SQNR   text SQNR  VAE PSNR  e2e tok  e2e PSNR
   fp16 / fp16  0.993       22.7   0.999               34.1   58.5       64.2      0.968    24.5
@@ -38,7 +38,7 @@ from pathlib import Path
 from runtime_py.backends.coreml import CoreMLSimBackend, device_unavailable_reason
 from runtime_py.bundle import Bundle, BundleError
 from runtime_py.cli import OneLineParser
-from runtime_py.coreml_checks import Check, check_structure, check_weights
+from runtime_py.coreml.checks import Check, check_structure, check_weights
 
 PARITY_KEYS = ("golden", "teacher_forced", "components", "end_to_end")
 
@@ -117,7 +117,7 @@ def print_section(sec: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = OneLineParser(prog="python -m runtime_py.coreml_parity",
+    p = OneLineParser(prog="python -m runtime_py.coreml.parity",
                       description="Check a Core ML bundle on any OS (exit 1 if a check fails).")
     p.add_argument("--bundle", type=Path, required=True, help="Core ML bundle folder (manifest.json)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint the bundle was exported from (if not default-seeded)")
@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         print_section(sec)
     return 0 if sec["status"] == "PASS" else 1
+
 
 
 if __name__ == "__main__":

@@ -1,0 +1,5 @@
+import sys
+
+from export.coreml.exporter import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from export.executorch.exporter import main
+
+sys.exit(main())

@@ -1,0 +1,5 @@
+import sys
+
+from export.onnx.exporter import main
+
+sys.exit(main())
