@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from export import bundle as fmt
-from export.coreml.manifest import parity_thresholds
 from quantization import auto
 from quantization.recipes import apply_recipe
+from runtime_py.thresholds import PARITY_THRESHOLDS, coreml_thresholds, recipe_thresholds
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -91,12 +90,12 @@ def test_plans_that_do_not_fit_are_refused(default_hart, plan, msg):
 
 
 def test_auto_thresholds_gate_the_budget():
-    t = fmt.recipe_thresholds("auto", plan_for({"head": "8da4w", "proj": "fp32"}, budget=0.91))
+    t = recipe_thresholds("auto", plan_for({"head": "8da4w", "proj": "fp32"}, budget=0.91))
     assert t["teacher_forced"] == {"token_agreement": 0.91}
-    assert t["end_to_end"] == fmt.PARITY_THRESHOLDS["8da4w"]["end_to_end"]
-    t8 = fmt.recipe_thresholds("auto", plan_for({"head": "8da8w"}, budget=0.95))
-    assert t8["end_to_end"] == fmt.PARITY_THRESHOLDS["8da8w"]["end_to_end"]
-    c = parity_thresholds("auto", "int8", plan_for({"head": "int8", "x": "fp16"}, "coreml", 0.93))
+    assert t["end_to_end"] == PARITY_THRESHOLDS["8da4w"]["end_to_end"]
+    t8 = recipe_thresholds("auto", plan_for({"head": "8da8w"}, budget=0.95))
+    assert t8["end_to_end"] == PARITY_THRESHOLDS["8da8w"]["end_to_end"]
+    c = coreml_thresholds("auto", "int8", plan_for({"head": "int8", "x": "fp16"}, "coreml", 0.93))
     assert c["teacher_forced"]["token_agreement"] == 0.93 and c["end_to_end"]["token_agreement"] == 0.55
 
 

@@ -19,6 +19,7 @@ from model.stages import method_specs
 from runtime_py import backends
 from runtime_py.bundle import RUNTIME_VERSION, Bundle, BundleError, open_pipeline
 from runtime_py.pipeline import EagerBackend, Pipeline
+from runtime_py.thresholds import PARITY_THRESHOLDS
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +218,7 @@ def test_exporter_manifest_is_complete(tmp_path, default_hart, monkeypatch):
     assert m["model"]["source"] == {"kind": "default-seeded", "seed": 20241014, "config": "default"}
     assert set(m["versions"]) == {"torch", "executorch", "torchao", "python"}
     assert m["memory"]["kv_cache_bytes"] == 2 * 2 * 2 * 4 * 979 * 32 * 4  # K+V, depth 2, 2 rows, 4 heads, 979, 32
-    assert m["parity"]["thresholds"] == fmt.PARITY_THRESHOLDS["fp32"]
+    assert m["parity"]["thresholds"] == PARITY_THRESHOLDS["fp32"]
     assert set(m["quantization"]["components"]) == {"text_encoder", "ar_transformer", "diffusion_head", "vae_decoder"}
     assert all(e["entry"] == e["name"] and e["file"] == f"{e['component']}.pte" for e in m["methods"])
     assert "golden/index.json" in m["files"] and all(len(v["sha256"]) == 64 for v in m["files"].values())

@@ -4,7 +4,7 @@ the text-encoder unload option of the runtime.
 Slow tests export the default model once per session (fp32 weights, so the mode is the only
 approximation): ExecuTorch with an int8 cache + attention chunks of 32, ONNX with an int8 cache. Both
 must pass their parity gate against same-mode eager and stay within the manifest's drift limits from
-the full-precision eager path (export/bundle.py MEMORY_DRIFT_THRESHOLDS, measured on the parity runs:
+the full-precision eager path (runtime_py/thresholds.py MEMORY_DRIFT_THRESHOLDS, measured on the parity runs:
 int8 token agreement 0.946-0.969, image PSNR 24.4-26.6 dB; see docs/executorch.md "Memory modes").
 """
 

@@ -20,47 +20,11 @@ from export.coreml.convert import QuantRecipe, coreml_dtype, output_features, st
 from model.hart import Hart
 from model.stages import MethodSpec
 from runtime_py.coreml.conventions import FP32_CHEAP, FP32_SINKS
+from runtime_py.thresholds import coreml_thresholds
 
 DEPLOYMENT_TARGET, SPEC_VERSION, OPSET = "iOS18", 9, "CoreML8"
 PACKAGES = {"text_encoder": "TextEncoder.mlpackage", "ar_transformer": "ArTransformer.mlpackage",
             "diffusion_head": "DiffusionHead.mlpackage", "vae_decoder": "VaeDecoder.mlpackage"}
-
-# Parity thresholds (runtime_py.parity metrics), measured on the default model with CoreMLSimBackend
-# (fp16 PyTorch carrying the packages' weights) vs fp32 eager, set with a margin. Measured values
-# (golden tok/SQNR, teacher-forced tok/SQNR, end-to-end tok/PSNR): int4 0.68/2.1, 0.70/2.4, 0.37/10.8;
-# int8 0.975/15.5, 0.977/13.2, 0.71/13.7; fp16 0.993/22.7, 0.999/34.1, 0.97/24.5. Unrelated
-# samples (eager, another seed) score 0.02 and 9.5 dB end to end.
-AR_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
-    "fp16": {"golden": {"token_agreement": 0.95, "sqnr_db": 17.0},
-             "teacher_forced": {"token_agreement": 0.97, "sqnr_db": 25.0},
-             "end_to_end": {"token_agreement": 0.90, "image_psnr_db": 19.0}},
-    "int8": {"golden": {"token_agreement": 0.90, "sqnr_db": 10.0},
-             "teacher_forced": {"token_agreement": 0.90, "sqnr_db": 8.0},
-             "end_to_end": {"token_agreement": 0.55, "image_psnr_db": 11.0}},
-    "int4": {"golden": {"token_agreement": 0.50, "sqnr_db": 1.0},
-             "teacher_forced": {"token_agreement": 0.50, "sqnr_db": 1.0},
-             "end_to_end": {"token_agreement": 0.20, "image_psnr_db": 9.5}},
-}
-# Text context SQNR by text recipe (measured: fp16 58.5 dB, int8 37.5 dB, int4 13.2 dB); the
-# fp16 diffusion head and VAE decoder measured 44.6 dB residual PSNR and 64 dB image PSNR.
-TEXT_SQNR_DB = {"fp16": 45.0, "int8": 30.0, "int4": 10.0}
-
-
-def parity_thresholds(ar: str, text: str, plan: dict | None = None) -> dict[str, dict[str, float]]:
-    """Thresholds for one recipe pair; an int4 text encoder also relaxes end to end to the int4 row.
-    auto: the budget is the teacher-forced token agreement; the rest from the coarsest dtype in the plan."""
-    if ar == "auto":
-        used = set(plan["layers"].values())
-        base = next(d for d in ("int4", "int8", "fp16") if d in used or d == "fp16")
-        t = {k: dict(v) for k, v in AR_THRESHOLDS[base].items()}
-        t["teacher_forced"]["token_agreement"] = float(plan["budget"])
-    else:
-        t = {k: dict(v) for k, v in AR_THRESHOLDS[ar].items()}
-    if text == "int4":
-        t["end_to_end"] = dict(AR_THRESHOLDS["int4"]["end_to_end"])
-    t["components"] = {"text_sqnr_db": TEXT_SQNR_DB[text], "diffusion_psnr_db": 40.0, "vae_psnr_db": 50.0}
-    return t
-
 
 def kv_states(hart: Hart) -> list[dict]:
     """KV buffers as Core ML states (fp16 only in Core ML), in buffer order."""
@@ -123,7 +87,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], quant: str, block_size: 
         "memory": {"mode": {"kv_cache": "fp16", "attn_chunk": hart.cfg.attn_chunk, "full_precision": False,
                             "reference_mode": {"kv_cache": "fp32", "attn_chunk": hart.cfg.attn_chunk},
                             "why": "Core ML states are fp16 only; golden/ and parity use the fp32-cache eager model"}},
-        "parity": {"recipe": quant, "thresholds": parity_thresholds(quant, recipes["text_encoder"].dtype,
+        "parity": {"recipe": quant, "thresholds": coreml_thresholds(quant, recipes["text_encoder"].dtype,
                                                                      recipes["ar_transformer"].plan)},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),

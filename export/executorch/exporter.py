@@ -25,6 +25,7 @@ from model.hart import Hart
 from model.memory import with_memory_mode
 from model.stages import MethodSpec, Stage, example_inputs, method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
+from runtime_py import thresholds
 from runtime_py.cli import OneLineParser
 
 ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
@@ -204,6 +205,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
                    schedule: str | None, root: Path, cfg: float) -> dict:
     import executorch.version
 
+    limits = thresholds.recipe_thresholds(recipe.name, recipe.plan)
     sizes = {c: (root / ARTIFACTS[c]).stat().st_size for c in COMPONENTS}
     kv = fmt.kv_cache_bytes(hart)
     # the AR program's plan includes the shared KV cache (its own memory id); count it once, separately
@@ -238,10 +240,8 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena, sizes["text_encoder"], arenas["text_encoder"],
                                       sum(v for c, v in arenas.items() if c != "text_encoder"),
                                       sum(arenas.values())),
-        "parity": {"recipe": recipe.name,
-                   "thresholds": fmt.mode_thresholds(hart, fmt.recipe_thresholds(recipe.name, recipe.plan)),
-                   **fmt.full_precision_thresholds(hart, recipe.name,
-                                                   {recipe.name: fmt.recipe_thresholds(recipe.name, recipe.plan)})},
+        "parity": {"recipe": recipe.name, "thresholds": thresholds.mode_thresholds(hart, limits),
+                   **thresholds.full_precision_thresholds(hart, recipe.name, {recipe.name: limits})},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),
     }

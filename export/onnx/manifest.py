@@ -19,6 +19,8 @@ from export.onnx.graphs import OPSET, onnx_io_names
 from model.explicit_kv import KV_LAYOUT, KV_NAME, KV_SCALE_LAYOUT, STATE_NAMES
 from model.hart import Hart
 from model.stages import MethodSpec, torch_dtype
+from runtime_py import thresholds
+from runtime_py.thresholds import ONNX_PARITY_THRESHOLDS
 
 _CPU = ["CPUExecutionProvider"]
 # Priority lists for a phone (nodes a provider cannot take fall back to the next one). MatMulNBits and
@@ -35,27 +37,6 @@ WHY = {
     "fp16": "graph exported from an fp16 copy; norm statistics and the sampler update stay fp32; I/O stays fp32",
     "fp32": "reference precision",
 }
-# Parity thresholds (runtime_py/parity.py metrics) per ONNX recipe, from runtime_py.parity on the
-# default model (measured value in the comment) with a margin. The quantized end-to-end numbers are
-# low because the seeded default model has random weights and near-flat logits: any weight error
-# resamples tokens (two fp32 images of one seed and different prompts agree about as much).
-PARITY_THRESHOLDS = {
-    "fp32": fmt.PARITY_THRESHOLDS["fp32"],
-    "int4": {  # measured: 0.803 / 3.96 dB (e_last at the last scale) / median 16.9 dB
-        "golden": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},
-        "teacher_forced": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},  # 0.806 / 3.46 / 14.4
-        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
-        "end_to_end": {"token_agreement": 0.30, "closed_loop_agreement": 0.65, "image_psnr_db": 9.0},  # .43 .79 11.5
-    },
-    "int8": {  # measured: 0.918 / 8.28 dB / median 34.7 dB
-        "golden": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},
-        "teacher_forced": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},  # 0.938 / 9.34 / 33.1
-        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
-        "end_to_end": {"token_agreement": 0.55, "closed_loop_agreement": 0.85, "image_psnr_db": 11.0},  # .71 .94 13.7
-    },
-}
-
-
 def method_entry(spec: MethodSpec, precision: str, shared: list[str]) -> dict:
     ins, outs = onnx_io_names(spec)
     return fmt.method_entry(spec, f"{spec.name}.onnx", precision=precision,
@@ -127,8 +108,8 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], methods: list[dict], qua
                               "weights.data, prepacked fp32 MatMul weights are per session. With the text encoder "
                               "released after encoding its graph and the weights only it uses no longer count"},
         "parity": {"recipe": quantization["name"],
-                   "thresholds": fmt.mode_thresholds(hart, PARITY_THRESHOLDS[quantization["name"]]),
-                   **fmt.full_precision_thresholds(hart, quantization["name"], PARITY_THRESHOLDS)},
+                   "thresholds": thresholds.mode_thresholds(hart, ONNX_PARITY_THRESHOLDS[quantization["name"]]),
+                   **thresholds.full_precision_thresholds(hart, quantization["name"], ONNX_PARITY_THRESHOLDS)},
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),
     }
