@@ -27,6 +27,7 @@ PHILOX_W1 = 0xBB67AE85
 
 _MASK32 = 0xFFFFFFFF
 _LIMIT63 = 1 << 63
+SEED_LIMIT = _LIMIT63  # seeds are in [0, 2^63): the CLIs check --seed against it
 _TWO_PI = 2.0 * math.pi  # float64 6.283185307179586, part of the spec
 _CHUNK_BLOCKS = 1 << 14  # keeps the working lanes in cache; tuned for speed only
 

@@ -1,12 +1,123 @@
-"""Shared CLI behaviour: bad arguments give ONE line on stderr and exit code 2."""
+"""Shared CLI behaviour: every failure a user can fix is ONE line on stderr and a non-zero exit code.
+
+Exit codes: 2 bad arguments or inputs (argparse errors, UserError), 1 a check that ran and failed
+(and unexpected errors), 130 interrupted (Ctrl-C). `cli_main` wraps each CLI's `main` so a UserError
+raised anywhere below (model/, runtime_py/, export/) is printed once, without a traceback; outputs are
+written atomically, so a failure leaves nothing behind. HART_DEBUG=1 re-raises for the traceback.
+The argument types below validate values before any heavy import (torch, executorch) happens.
+"""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import math
+import os
 import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+from model.errors import BAD_INPUT, FAILED_CHECK, UserError
+from model.rng import SEED_LIMIT
+
+__all__ = ["BAD_INPUT", "FAILED_CHECK", "OneLineParser", "UserError", "cli_main", "finite_float", "seed_int",
+           "utf8_text", "check_out_file", "check_out_dir"]
+
 
 
 class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str):  # noqa: D102 - argparse hook
-        print(f"{self.prog}: error: {message} (see --help)", file=sys.stderr)
-        raise SystemExit(2)
+        print(f"{self.prog}: error: {' '.join(message.split())} (see --help)", file=sys.stderr)
+        raise SystemExit(BAD_INPUT)
+
+
+def _say(prog: str, message: str) -> None:
+    print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
+
+
+def cli_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
+    """Decorate `main(argv) -> int`: UserError -> its one line and code; Ctrl-C -> 130; an OS error
+    (disk full, file size limit, permissions) -> one line, 1; anything else -> one line naming it, 1."""
+    def wrap(main: Callable[..., int]) -> Callable[..., int]:
+        @functools.wraps(main)
+        def run(argv: list[str] | None = None) -> int:
+            try:
+                return main(argv)
+            except UserError as e:
+                _say(prog, str(e))
+                return e.code
+            except KeyboardInterrupt:
+                _say(prog, "interrupted; nothing was written (outputs are only put in place when complete)")
+                return 130
+            except Exception as e:
+                if os.environ.get("HART_DEBUG"):
+                    raise
+                if isinstance(e, OSError):
+                    _say(prog, f"{e}; check free space, file size limits (ulimit -f) and permissions")
+                else:
+                    _say(prog, f"unexpected {type(e).__name__}: {e}; this is a bug, please report it "
+                               "(HART_DEBUG=1 shows the traceback)")
+                return FAILED_CHECK
+        return run
+    return wrap
+
+
+# ---- argument types (argparse turns their ValueError/ArgumentTypeError into a one-line exit 2) ----------
+
+def finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+    return v
+
+
+def seed_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{s!r} is not an integer seed") from None
+    if not 0 <= v < SEED_LIMIT:
+        raise argparse.ArgumentTypeError(f"{s} is outside [0, 2^63 - 1] (the portable RNG's seed range)")
+    return v
+
+
+def utf8_text(s: str) -> str:
+    """Text from argv: undecodable bytes arrive as lone surrogates (PEP 383) and would fail later."""
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:
+        raise argparse.ArgumentTypeError("is not valid UTF-8 text (check the terminal's encoding)") from None
+    return s
+
+
+def check_out_file(p: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    """An output FILE path: not a folder, and its folder exists or can be created and is writable."""
+    if path.is_dir():
+        p.error(f"{flag} {path} is a folder; give a file path")
+    _check_writable_parent(p, flag, path)
+
+
+def check_out_dir(p: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    """An output FOLDER path: not an existing file, and where it goes is writable."""
+    if path.exists() and not path.is_dir():
+        p.error(f"{flag} {path} is an existing file; give a folder path")
+    _check_writable_parent(p, flag, path)
+
+
+def _check_writable_parent(p: argparse.ArgumentParser, flag: str, path: Path) -> None:
+    """Probe with a real temp file in the first existing folder (os.access says yes to root on /proc)."""
+    parent = path.absolute() if path.is_dir() else path.absolute().parent
+    while not parent.exists():  # missing folders are created: the first existing ancestor decides
+        parent = parent.parent
+    if not parent.is_dir():
+        p.error(f"{flag} {path}: {parent} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        p.error(f"{flag} {path}: cannot write in {parent} ({e.strerror}); choose another path")
