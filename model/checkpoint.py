@@ -12,7 +12,10 @@ Only safetensors or torch.load(weights_only=True); architecture variants come fr
 
 from __future__ import annotations
 
+import contextlib
 import json
+import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -20,6 +23,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from model.config import ARConfig, HartConfig, SamplerConfig, VAEConfig
+from model.errors import UserError
 from model.hart import Hart
 from model.text_encoder import load_text_encoder, save_text_encoder
 
@@ -29,23 +33,42 @@ VAE_IGNORE_PREFIXES = ("vae.quantize.ema_vocab_hit_SV", "disc.")
 VAE_ENCODER_PREFIXES = ("vae.encoder.", "vae.quant_conv.")  # encode path: loaded only with with_encoder=True
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint that does not match what the loader expects; the message names key and file."""
+
+    def __init__(self, problem: str, fix: str = "check that the folder is an official HART release "
+                 "(llm/, tokenizer/, text_encoder/) and re-download damaged files") -> None:
+        super().__init__(problem, fix)
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """Any failure while parsing a checkpoint file (safetensors, tokenizers, JSON, pickle refusals,
+    truncation) becomes a CheckpointError naming the file: it is untrusted input."""
+    try:
+        yield
+    except CheckpointError:
+        raise
+    except Exception as e:  # noqa: BLE001 - third-party parsers raise their own types
+        raise CheckpointError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
 
 
 def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise CheckpointError(f"missing {path}: expected the official HART layout (llm/, tokenizer/)")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
     """safetensors, or a torch.save'd state dict loaded with weights_only=True (never a full unpickle)."""
     if path.suffix == ".safetensors":
-        with safe_open(str(path), "pt") as f:
+        with _reading(path), safe_open(str(path), "pt") as f:
             return {k: f.get_tensor(k) for k in f.keys()}
     try:
         sd = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -109,6 +132,7 @@ def _detect_ar(cfg_json: dict, sd: dict[str, torch.Tensor], path: Path, vae: VAE
     for key in ("num_heads", "patch_nums", "context_token"):
         if key not in cfg_json:
             raise CheckpointError(f"{path.parent / 'config.json'}: missing field {key!r} (not detectable from weights)")
+    _check_ar_fields(cfg_json, C, path.parent / "config.json")
     diff_blocks = {k.split(".")[3] for k in sd if k.startswith("diffloss.net.res_blocks.")}
     return ARConfig(
         depth=depth, embed_dim=C, num_heads=int(cfg_json["num_heads"]),
@@ -123,6 +147,26 @@ def _detect_ar(cfg_json: dict, sd: dict[str, torch.Tensor], path: Path, vae: VAE
         num_sampling_steps=int(cfg_json.get("num_sampling_steps", "8")),
         vocab_size=head.shape[0], cvae=cvae,
     )
+
+
+def _check_ar_fields(cfg_json: dict, width: int, path: Path) -> None:
+    """Types and ranges of the config.json fields the weights cannot tell (a wrong one loads but computes
+    garbage, or divides by zero later)."""
+    def is_int(v) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    heads = cfg_json["num_heads"]
+    if not is_int(heads) or heads < 1 or width % heads or (width // heads) % 2:
+        raise CheckpointError(f"{path}: num_heads={heads!r} does not split embed_dim {width} into even-sized heads")
+    pn = cfg_json["patch_nums"]
+    if not isinstance(pn, list) or not pn or not all(is_int(p) and p > 0 for p in pn) or pn != sorted(pn):
+        raise CheckpointError(f"{path}: patch_nums={pn!r} is not an increasing list of positive integers")
+    if not is_int(cfg_json["context_token"]) or cfg_json["context_token"] < 1:
+        raise CheckpointError(f"{path}: context_token={cfg_json['context_token']!r} is not a positive integer")
+    for key in ("mlp_ratio", "norm_eps", "context_norm_scale"):
+        v = cfg_json.get(key, 1.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
+            raise CheckpointError(f"{path}: {key}={v!r} is not a positive number")
 
 
 def _vae_config(cfg_json: dict, path: Path) -> VAEConfig:
@@ -150,7 +194,15 @@ def _strict_load(module: torch.nn.Module, sd: dict[str, torch.Tensor], path: Pat
         if tuple(sd[k].shape) != tuple(v.shape):
             raise CheckpointError(
                 f"{path}: shape mismatch for {k!r}: file has {tuple(sd[k].shape)}, model expects {tuple(v.shape)}")
+    _check_finite(sd, path)
     module.load_state_dict({k[len(prefix):]: t.float() for k, t in sd.items()}, strict=True)
+
+
+def _check_finite(sd: dict[str, torch.Tensor], path: Path) -> None:
+    """NaN/Inf weights load fine and then draw garbage silently: refuse them."""
+    for k, t in sd.items():
+        if t.is_floating_point() and not torch.isfinite(t).all():
+            raise CheckpointError(f"{path}: tensor {k!r} contains NaN or Inf values")
 
 
 def _level_map(ar: ARConfig) -> torch.Tensor:
@@ -178,14 +230,16 @@ def load(path: str | Path, text_encoder: str | Path | None = None, prefer_ema: b
     if not root.is_dir():
         raise CheckpointError(f"checkpoint folder {root} does not exist")
     llm, tok = root / "llm", root / "tokenizer"
-    vae_cfg = _vae_config(_read_json(tok / "config.json"), tok / "config.json")
+    with _reading(tok / "config.json"):
+        vae_cfg = _vae_config(_read_json(tok / "config.json"), tok / "config.json")
     ar_json = _read_json(llm / "config.json")
     ema, online = llm / "ema_model.bin", llm / "model.safetensors"
     weights = ema if (prefer_ema and ema.is_file()) or not online.is_file() else online
     if not weights.is_file():
         raise CheckpointError(f"{llm}: no weights (expected ema_model.bin or model.safetensors)")
     ar_sd = _read_tensors(weights)
-    ar_cfg = _detect_ar(ar_json, ar_sd, weights, vae_cfg)
+    with _reading(llm / "config.json"):
+        ar_cfg = _detect_ar(ar_json, ar_sd, weights, vae_cfg)
     if "lvl_1L" in ar_sd and not torch.equal(ar_sd["lvl_1L"].reshape(1, -1), _level_map(ar_cfg)):
         raise CheckpointError(f"{weights}: buffer 'lvl_1L' does not match patch_nums {ar_cfg.patch_nums}")
     for k in [k for k in ar_sd if k.endswith("attn.zero_k_bias")]:
@@ -194,7 +248,11 @@ def load(path: str | Path, text_encoder: str | Path | None = None, prefer_ema: b
     ar_sd = {k: v for k, v in ar_sd.items() if k not in AR_IGNORE and not k.endswith("attn.zero_k_bias")}
 
     text_dir = Path(text_encoder) if text_encoder is not None else find_text_folder(root)
-    text = load_text_encoder(text_dir) if text_dir is not None else None
+    text = None
+    if text_dir is not None:
+        with _reading(text_dir):
+            text = load_text_encoder(text_dir)
+        _check_finite(text.state_dict(), text_dir)
     text_cfg = text.cfg if text is not None else None
     if text_cfg is not None and text_cfg.hidden_size != ar_cfg.context_dim:
         raise CheckpointError(
