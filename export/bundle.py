@@ -6,8 +6,11 @@ call order, per-method I/O with sources and RNG streams, the scale schedule, sam
 RNG spec, the tokenizer, the quantization recipe, parity thresholds and the sha256 + size of every
 file. `runtime_py/bundle.py` validates all of that before anything runs.
 
-Writing is all-or-nothing: `staging(dest)` builds the bundle in a temp folder next to `dest` and
-`os.replace`s it into place only when the block finishes; any exception removes the temp folder.
+Writing is all-or-nothing: `staging(dest)` builds the bundle in a temp folder next to `dest`
+(`.<name>.partial-<pid>-*`) and `os.replace`s it into place only when the block finishes; any
+exception (Ctrl-C, a full disk, `ulimit -f`) removes the temp folder. A killed export (SIGKILL) cannot
+clean up, so the next export to the same `dest` removes leftovers whose process is gone.
+`write_manifest` writes manifest.json last, then manifest.sha256 (its digest, docs/bundle-format.md).
 """
 
 from __future__ import annotations
@@ -17,8 +20,12 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shutil
+import signal
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
@@ -28,7 +35,7 @@ import torch
 from model.diffusion import VAE_SCALE
 from model.hart import Hart
 from model.stages import MethodSpec
-from runtime_py.bundle import checkpoint_source, default_source, sha256_file  # noqa: F401 - re-exported for exporters
+from runtime_py.bundle import DIGEST_FILE, checkpoint_source, default_source, digest_line, sha256_file  # noqa: F401 - re-exported for exporters
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSION = 1
@@ -37,9 +44,13 @@ GOLDEN_PROMPT, GOLDEN_SEED = "a lighthouse on a cliff at dusk", 7
 TAU_FORMULA = "tau = max(0.27 * (1 - 0.95 * r), 0.005)"
 
 def file_table(root: Path) -> dict[str, dict]:
-    """{relative posix path: {bytes, sha256}} of every file except manifest.json."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != "manifest.json")
+    """{relative posix path: {bytes, sha256}} of every file except manifest.json and its digest."""
+    skip = ("manifest.json", DIGEST_FILE)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() not in skip)
     return {p.relative_to(root).as_posix(): {"bytes": p.stat().st_size, "sha256": sha256_file(p)} for p in files}
+
+
+STALE_SECONDS = 24 * 3600  # a leftover whose pid cannot be judged (other host, pid reused) goes after a day
 
 
 @contextlib.contextmanager
@@ -47,27 +58,76 @@ def staging(dest: Path) -> Iterator[Path]:
     """Yield an empty temp folder next to `dest`; on success it replaces `dest` atomically.
 
     An existing `dest` must be a bundle (has manifest.json) or empty, so a typo in --out never
-    deletes unrelated files. The old bundle is moved aside first and removed after the swap.
+    deletes unrelated files. The old bundle is moved aside first and removed after the swap; Ctrl-C is
+    ignored during the swap, so it never leaves `dest` missing. Stale temp folders of killed exports to
+    the same `dest` are removed first (remove_stale).
     """
     dest = Path(dest).absolute()
     check_destination(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.partial-", dir=dest.parent))
+    remove_stale(dest)
+    tmp = _temp_dir(dest, "partial")
     umask = os.umask(0)
     os.umask(umask)
     tmp.chmod(0o777 & ~umask)  # mkdtemp makes 0700; a bundle is an ordinary folder
     try:
         yield tmp
-        old = None
-        if dest.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
-            os.replace(dest, old / "bundle")
-        os.replace(tmp, dest)
+        with _no_interrupt():
+            old = None
+            if dest.exists():
+                old = _temp_dir(dest, "old")
+                os.replace(dest, old / "bundle")
+            os.replace(tmp, dest)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _temp_dir(dest: Path, kind: str) -> Path:
+    """`.<name>.<kind>-<pid>-<random>` next to dest: the pid tells a later export whether it is stale."""
+    return Path(tempfile.mkdtemp(prefix=f".{dest.name}.{kind}-{os.getpid()}-", dir=dest.parent))
+
+
+def remove_stale(dest: Path) -> list[Path]:
+    """Remove `.<name>.partial-*` / `.<name>.old-*` folders next to `dest` left by an export that was
+    killed: their pid (in the name) is no longer running, or they are older than STALE_SECONDS.
+    Only real folders matching exactly that pattern are touched; returns what was removed."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.(?:partial|old)-(?:(\d+)-)?[a-z0-9_]+")
+    removed = []
+    for p in dest.parent.iterdir():
+        m = pattern.fullmatch(p.name)
+        if m is None or p.is_symlink() or not p.is_dir():
+            continue
+        dead = m[1] is not None and not _alive(int(m[1]))
+        if dead or time.time() - p.lstat().st_mtime > STALE_SECONDS:
+            shutil.rmtree(p, ignore_errors=True)
+            removed.append(p)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def _no_interrupt() -> Iterator[None]:
+    """Ignore Ctrl-C while the finished bundle is swapped into place (two renames)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def check_destination(dest: Path) -> None:
@@ -260,7 +320,14 @@ def memory_estimate(hart: Hart, weights_bytes: int, largest_activation_bytes: in
 
 
 def write_manifest(root: Path, manifest: dict) -> dict:
-    """Add the file table (every file already in `root`) and write manifest.json last."""
+    """Add the file table (every file already in `root`), write manifest.json last and seal it."""
     manifest = {**manifest, "files": file_table(root)}
-    (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (root / "manifest.json").write_bytes((json.dumps(manifest, indent=1) + "\n").encode("utf-8"))
+    seal(root)
     return manifest
+
+
+def seal(root: Path) -> None:
+    """Write manifest.sha256: the digest of manifest.json's bytes as they are now (docs/bundle-format.md).
+    write_manifest calls it; a test that edits a manifest on purpose calls it to re-seal."""
+    (root / DIGEST_FILE).write_bytes(digest_line((root / "manifest.json").read_bytes()))

@@ -1,5 +1,11 @@
 """Open an exported bundle: validate manifest + every file's size and sha256 before anything runs.
 
+Integrity: manifest.sha256 holds the sha256 of manifest.json's exact bytes (`sha256sum` format). The
+manifest lists every other file's sha256, so this one digest covers the whole bundle; it is checked
+before the manifest is parsed, and a bundle file that is a symlink is refused. It catches edits and
+damage, not a forger who also rewrites manifest.sha256: the parity gate additionally refuses
+thresholds looser than the documented ones (runtime_py/thresholds.py). Format: docs/bundle-format.md.
+
 `open_pipeline(dir)` is what `runtime_py.generate --bundle DIR` calls: it validates the bundle,
 rebuilds the method specs from manifest.json, loads the tokenizer and picks the backend named in the
 manifest (runtime_py/backends). Nothing here imports the model code that produced the bundle: the
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -33,6 +40,36 @@ NOMINAL_BITS = {"fp32": 32, "fp16": 16, "8da8w": 8, "int8": 8, "8da4w": 4, "int4
 
 class BundleError(ValueError):
     """A bundle that must not be run (bad manifest, missing/changed/truncated file)."""
+
+
+DIGEST_FILE = "manifest.sha256"
+_DIGEST_LINE = re.compile(rb"([0-9a-f]{64})  manifest\.json\n")
+
+
+def digest_line(manifest_bytes: bytes) -> bytes:
+    """The whole content of manifest.sha256 for these manifest.json bytes (`sha256sum manifest.json`)."""
+    return hashlib.sha256(manifest_bytes).hexdigest().encode() + b"  manifest.json\n"
+
+
+def read_manifest_bytes(root: Path) -> bytes:
+    """manifest.json's bytes, checked against manifest.sha256 (one read: the bytes hashed are the
+    bytes parsed)."""
+    mpath, dpath = root / "manifest.json", root / DIGEST_FILE
+    for p in (mpath, dpath):
+        if p.is_symlink():
+            raise BundleError(f"{p} is a symlink; bundle files must be regular files inside the bundle "
+                              "(copy the bundle, do not link it)")
+    if not mpath.is_file():
+        raise BundleError(f"{root}: no manifest.json (not a bundle folder)")
+    if not dpath.is_file():
+        raise BundleError(f"{root}: no {DIGEST_FILE} (the bundle digest); re-export the bundle")
+    data, digest = mpath.read_bytes(), dpath.read_bytes()
+    if not _DIGEST_LINE.fullmatch(digest):
+        raise BundleError(f"{dpath} is not one line '<64 hex digits>  manifest.json'; re-export the bundle")
+    if digest != digest_line(data):
+        raise BundleError(f"{mpath} was edited after export (digest mismatch with {DIGEST_FILE}); "
+                          "re-export the bundle")
+    return data
 
 
 def sha256_file(path: Path) -> str:
@@ -65,10 +102,9 @@ class Bundle:
         """Validate everything up front; raises BundleError naming the offending file or field."""
         root = Path(root)
         mpath = root / "manifest.json"
-        if not mpath.is_file():
-            raise BundleError(f"{root}: no manifest.json (not a bundle folder)")
+        data = read_manifest_bytes(root)
         try:
-            manifest = json.loads(mpath.read_text())
+            manifest = json.loads(data.decode("utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise BundleError(f"{mpath}: not valid JSON ({e})") from None
         _check_header(manifest, mpath)
@@ -157,7 +193,13 @@ def _check_header(m: dict, mpath: Path) -> None:
 
 def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
     for name, meta in files.items():
-        path = root / _safe_rel(name)
+        rel = _safe_rel(name)
+        path = root / rel
+        linked = next((root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)
+                       if root.joinpath(*rel.parts[:i]).is_symlink()), None)
+        if linked is not None:
+            raise BundleError(f"{linked} is a symlink; bundle files must be regular files inside the bundle "
+                              "(copy the bundle, do not link it)")
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in manifest.json)")
         size = path.stat().st_size

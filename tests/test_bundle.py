@@ -51,9 +51,11 @@ def bundle_dir(tmp_path, default_hart, trace) -> Path:
 
 
 def rewrite_manifest(root: Path, **changes) -> None:
+    """Edit the manifest and re-seal it (manifest.sha256), so the check under test is the one that fires."""
     m = json.loads((root / "manifest.json").read_text())
     m.update(changes)
     (root / "manifest.json").write_text(json.dumps(m))
+    fmt.seal(root)
 
 
 def test_valid_bundle_round_trips_the_contract(bundle_dir, default_hart):
@@ -110,10 +112,46 @@ def test_missing_field_and_unsafe_paths_are_rejected(bundle_dir):
         Bundle.open(bundle_dir)
     del m["tokenizer"]
     (bundle_dir / "manifest.json").write_text(json.dumps(m))
+    fmt.seal(bundle_dir)
     with pytest.raises(BundleError, match="missing field"):
         Bundle.open(bundle_dir)
     (bundle_dir / "manifest.json").write_text("{not json")
+    fmt.seal(bundle_dir)
     with pytest.raises(BundleError, match="not valid JSON"):
+        Bundle.open(bundle_dir)
+
+
+def test_manifest_digest_covers_every_byte(bundle_dir):
+    """manifest.sha256 is `sha256sum manifest.json`; any edit, a missing or malformed digest is refused."""
+    import hashlib
+
+    data = (bundle_dir / "manifest.json").read_bytes()
+    digest = (bundle_dir / "manifest.sha256").read_bytes()
+    assert digest == hashlib.sha256(data).hexdigest().encode() + b"  manifest.json\n"
+    assert "manifest.sha256" not in Bundle.open(bundle_dir).manifest["files"]
+    (bundle_dir / "manifest.json").write_bytes(data.replace(b'"top_p": ', b'"top_p":  '))  # whitespace only
+    with pytest.raises(BundleError, match=r"edited after export \(digest mismatch"):
+        Bundle.open(bundle_dir)
+    (bundle_dir / "manifest.json").write_bytes(data)
+    (bundle_dir / "manifest.sha256").write_bytes(digest.upper())
+    with pytest.raises(BundleError, match="not one line"):
+        Bundle.open(bundle_dir)
+    (bundle_dir / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match="no manifest.sha256"):
+        Bundle.open(bundle_dir)
+
+
+def test_symlinked_files_are_refused(bundle_dir, tmp_path):
+    """A listed file (or a folder on its path) that is a symlink is refused, even with matching bytes."""
+    outside = tmp_path / "outside.pte"
+    shutil.move(bundle_dir / "ar_transformer.pte", outside)
+    (bundle_dir / "ar_transformer.pte").symlink_to(outside)
+    with pytest.raises(BundleError, match="ar_transformer.pte is a symlink"):
+        Bundle.open(bundle_dir)
+    shutil.move(outside, bundle_dir / "ar_transformer.pte")
+    shutil.move(bundle_dir / "golden", tmp_path / "golden")
+    (bundle_dir / "golden").symlink_to(tmp_path / "golden")
+    with pytest.raises(BundleError, match="golden is a symlink"):
         Bundle.open(bundle_dir)
 
 
