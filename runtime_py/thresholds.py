@@ -7,6 +7,7 @@ Pure data and small helpers: no torch import.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 # ---- ExecuTorch ---------------------------------------------------------------------------------
@@ -150,3 +151,61 @@ def coreml_thresholds(ar: str, text: str, plan: dict | None = None) -> dict[str,
         t["end_to_end"] = dict(AR_THRESHOLDS["int4"]["end_to_end"])
     t["components"] = {"text_sqnr_db": TEXT_SQNR_DB[text], "diffusion_psnr_db": 40.0, "vae_psnr_db": 50.0}
     return t
+
+
+# ---- one manifest section, and the gate's comparison with it -----------------------------------
+
+def parity_section(backend: str, recipe: str, hart: Any, plan: dict | None = None, text: str = "int8") -> dict:
+    """manifest["parity"]: the documented thresholds of `backend` + `recipe` (+ the auto plan, the Core ML
+    text recipe) in `hart`'s memory mode. The exporters write it; the parity gate rebuilds it from the
+    manifest and refuses a manifest whose limits are looser (looser_than_documented)."""
+    if backend == "coreml":
+        return {"recipe": recipe, "thresholds": coreml_thresholds(recipe, text, plan)}
+    table = ONNX_PARITY_THRESHOLDS if backend == "onnx" else PARITY_THRESHOLDS
+    limits = recipe_thresholds(recipe, plan) if recipe == "auto" else table[recipe]
+    return {"recipe": recipe, "thresholds": mode_thresholds(hart, limits),
+            **full_precision_thresholds(hart, recipe, {recipe: limits})}
+
+
+def manifest_plan(manifest: dict) -> dict | None:
+    """The auto plan's budget and layer schemes as recorded in a manifest (ExecuTorch: quantization.auto
+    + the AR component's layers; Core ML: both inside the AR component), None for other recipes."""
+    q = manifest.get("quantization") or {}
+    ar = (q.get("components") or {}).get("ar_transformer") or {}
+    auto = q.get("auto") or ar.get("auto")
+    if not isinstance(auto, dict):
+        return None
+    return {**auto, "layers": ar.get("layers") or {}}
+
+
+def looser_than_documented(parity: dict, documented: dict) -> list[str]:
+    """Every way a manifest's parity section is looser than the documented one: a limit below the
+    documented value, missing, or not a finite number; a check or metric the documentation does not
+    have. Higher is better for every metric, so a higher limit (tighter) is fine."""
+    want, got = _checks(documented), _checks(parity)
+    problems = []
+    for check in sorted(set(want) | set(got)):
+        w, g = want.get(check), got.get(check)
+        if w is None:
+            problems.append(f"{check} is not a documented check")
+            continue
+        if not isinstance(g, dict):
+            problems.append(f"{check} missing")
+            continue
+        for metric in sorted(set(w) | set(g)):
+            v = g.get(metric)
+            if metric not in w:
+                problems.append(f"{check}.{metric} is not a documented threshold")
+            elif isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                problems.append(f"{check}.{metric} is {v!r}, not a number")
+            elif v < w[metric]:
+                problems.append(f"{check}.{metric} {v:g} < documented {w[metric]:g}")
+    return problems
+
+
+def _checks(parity: dict) -> dict:
+    """{check: {metric: limit}} of a parity section: its thresholds plus full_precision when present."""
+    out = dict(parity.get("thresholds") or {}) if isinstance(parity.get("thresholds"), dict) else {}
+    if "full_precision" in parity:
+        out["full_precision"] = parity["full_precision"]
+    return out

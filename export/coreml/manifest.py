@@ -20,7 +20,7 @@ from export.coreml.convert import QuantRecipe, coreml_dtype, output_features, st
 from model.hart import Hart
 from model.stages import MethodSpec
 from runtime_py.coreml.conventions import FP32_CHEAP, FP32_SINKS
-from runtime_py.thresholds import coreml_thresholds
+from runtime_py.thresholds import parity_section
 
 DEPLOYMENT_TARGET, SPEC_VERSION, OPSET = "iOS18", 9, "CoreML8"
 PACKAGES = {"text_encoder": "TextEncoder.mlpackage", "ar_transformer": "ArTransformer.mlpackage",
@@ -87,8 +87,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], quant: str, block_size: 
         "memory": {"mode": {"kv_cache": "fp16", "attn_chunk": hart.cfg.attn_chunk, "full_precision": False,
                             "reference_mode": {"kv_cache": "fp32", "attn_chunk": hart.cfg.attn_chunk},
                             "why": "Core ML states are fp16 only; golden/ and parity use the fp32-cache eager model"}},
-        "parity": {"recipe": quant, "thresholds": coreml_thresholds(quant, recipes["text_encoder"].dtype,
-                                                                     recipes["ar_transformer"].plan)},
+        "parity": parity_section("coreml", quant, hart, recipes["ar_transformer"].plan, recipes["text_encoder"].dtype),
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),
     }

@@ -19,8 +19,7 @@ from export.onnx.graphs import OPSET, onnx_io_names
 from model.explicit_kv import KV_LAYOUT, KV_NAME, KV_SCALE_LAYOUT, STATE_NAMES
 from model.hart import Hart
 from model.stages import MethodSpec, torch_dtype
-from runtime_py import thresholds
-from runtime_py.thresholds import ONNX_PARITY_THRESHOLDS
+from runtime_py.thresholds import parity_section
 
 _CPU = ["CPUExecutionProvider"]
 # Priority lists for a phone (nodes a provider cannot take fall back to the next one). MatMulNBits and
@@ -107,9 +106,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], methods: list[dict], qua
                               "mode, are alive together) + the largest activation (not counted); onnxruntime maps "
                               "weights.data, prepacked fp32 MatMul weights are per session. With the text encoder "
                               "released after encoding its graph and the weights only it uses no longer count"},
-        "parity": {"recipe": quantization["name"],
-                   "thresholds": thresholds.mode_thresholds(hart, ONNX_PARITY_THRESHOLDS[quantization["name"]]),
-                   **thresholds.full_precision_thresholds(hart, quantization["name"], ONNX_PARITY_THRESHOLDS)},
+        "parity": parity_section("onnx", quantization["name"], hart),
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": versions(),
     }
