@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from benchmarks.device import read_device_result, run, table
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 APP_ID = "org.hartmobile.demo"
 ACTIVITY = f"{APP_ID}/demo.app.MainActivity"
@@ -33,6 +33,7 @@ def commands(bundle: Path, serial: str | None, runs: int) -> dict[str, list[str]
     }
 
 
+@cli_main("python -m benchmarks.android")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.android", description=__doc__)
     p.add_argument("--bundle", type=Path, required=True, help="ExecuTorch bundle folder")

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
 
 from benchmarks.schema import validate
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, UserError, cli_main, finite_float
 
 
 def load(path: Path) -> dict:
+    """A results JSON (untrusted file): any read or structure problem is one UserError naming the file."""
+    fix = "give a results JSON written by python -m benchmarks.host"
     try:
         return validate(json.loads(path.read_text()))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: {e}") from e
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})", fix) from None
+    except (ValueError, TypeError, AttributeError, KeyError) as e:  # JSON, UTF-8 or structure
+        raise UserError(f"{path}: not a benchmark result ({e})", fix) from None
 
 
 def rows(a: dict, b: dict) -> list[tuple[str, str, float, float]]:
@@ -33,23 +38,26 @@ def rows(a: dict, b: dict) -> list[tuple[str, str, float, float]]:
 
 
 def parse_pct(text: str) -> float:
-    v = float(text.rstrip("%"))
+    """'5%' or '5' -> 0.05; a finite number >= 0 (nan would never flag a regression)."""
+    v = finite_float(text.rstrip("%"))
     if v < 0:
-        raise ValueError("threshold must be >= 0")
+        raise argparse.ArgumentTypeError(f"{text!r} is negative (a slowdown limit must be >= 0)")
     return v / 100
 
 
+@cli_main("python -m benchmarks.compare")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.compare", description=__doc__)
     p.add_argument("a", type=Path, help="reference results JSON")
     p.add_argument("b", type=Path, help="new results JSON")
-    p.add_argument("--fail-above", default=None, help="exit 1 if any median is slower by more than this, e.g. 5%%")
+    p.add_argument("--fail-above", type=parse_pct, default=None,
+                   help="exit 1 if any median is slower by more than this, e.g. 5%%")
     a = p.parse_args(argv)
-    try:
-        ra, rb = load(a.a), load(a.b)
-        limit = parse_pct(a.fail_above) if a.fail_above else None
-    except ValueError as e:
-        p.error(str(e))
+    for path in (a.a, a.b):
+        if not path.is_file():
+            p.error(f"{path} is not a file (results JSON of python -m benchmarks.host)")
+    ra, rb = load(a.a), load(a.b)
+    limit = a.fail_above
     table = rows(ra, rb)
     if not table:
         p.error("the two results share no target/stage to compare")

@@ -17,7 +17,7 @@ import torch
 from benchmarks.cost import method_costs
 from benchmarks.machine import PeakRSS, attainable_gflops, machine_info, measure_roofline
 from benchmarks.schema import SCHEMA, SCHEMA_VERSION, summarize, validate
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 PROMPT = "a lighthouse at dusk"
 
@@ -151,6 +151,7 @@ def chart(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
+@cli_main("python -m benchmarks.host")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.host", description=__doc__)
     p.add_argument("--bundle", type=Path, action="append", default=[], help="bundle folder (repeatable)")

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.device import read_device_result, run, table
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 IOS = Path(__file__).resolve().parents[1] / "ios_demo"
 SPEC = IOS / "project.yml"
@@ -122,6 +122,7 @@ def collect(log: Path, out: Path) -> dict:
     return result
 
 
+@cli_main("python -m benchmarks.ios")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.ios", description=__doc__,
                       formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 
 def median_ms(fn, runs: int) -> float:
@@ -27,6 +27,7 @@ def time_methods(backend, inputs: dict[str, list[torch.Tensor]], runs: int) -> d
     return {m: median_ms(lambda: backend.run(m, ins), runs) for m, ins in inputs.items()}  # noqa: B023 - called now
 
 
+@cli_main("python -m benchmarks.onnx_latency")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.onnx_latency", description=__doc__)
     p.add_argument("--bundle", type=Path, action="append", required=True, help="ONNX bundle folder (repeatable)")

@@ -28,7 +28,7 @@ import torch
 
 from model.config import PRESETS, SCHEDULES, ARConfig, HartConfig, VAEConfig, total_tokens
 from model.text_encoder import TextConfig
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 PROMPT = "a lighthouse on a cliff at dusk"
 SEED = 20241014
@@ -337,6 +337,7 @@ def parse_args(argv: list[str] | None):
     return a
 
 
+@cli_main("python -m benchmarks.scale")
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.costs_only:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.machine import PeakRSS
+from runtime_py.cli import cli_main
 
 
 def rss_mb() -> float:
@@ -106,6 +107,7 @@ def do_generate(spec: dict) -> dict:
             "peak_rss_mb": lifetime_peak_mb(), "threads": spec["threads"]}
 
 
+@cli_main("python -m benchmarks.scale_run")
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 3 or argv[0] not in ("export", "generate"):

@@ -35,5 +35,7 @@ def validate(result: dict) -> dict:
         need(t, "backend", where)
         for name, st in need(t, "stages", where).items():
             for k in ("min_ms", "median_ms", "p90_ms", "runs_ms"):
-                need(st, k, f"{where}.stages.{name}")
+                v = need(st, k, f"{where}.stages.{name}")
+                if k != "runs_ms" and (isinstance(v, bool) or not isinstance(v, (int, float))):
+                    raise ValueError(f"benchmark JSON: {where}.stages.{name}.{k} is not a number")
     return result

@@ -33,7 +33,7 @@ VAE_IGNORE_PREFIXES = ("vae.quantize.ema_vocab_hit_SV", "disc.")
 VAE_ENCODER_PREFIXES = ("vae.encoder.", "vae.quant_conv.")  # encode path: loaded only with with_encoder=True
 
 
-class CheckpointError(UserError, ValueError):
+class CheckpointError(UserError):
     """A checkpoint that does not match what the loader expects; the message names key and file."""
 
     def __init__(self, problem: str, fix: str = "check that the folder is an official HART release "

@@ -9,8 +9,9 @@ from __future__ import annotations
 BAD_INPUT, FAILED_CHECK = 2, 1  # exit codes: unusable arguments/inputs, a check that ran and failed
 
 
-class UserError(Exception):
-    """A problem with the user's input or environment; `str()` is the whole one-line message."""
+class UserError(ValueError):
+    """A problem with the user's input or environment; `str()` is the whole one-line message. A ValueError,
+    so code that already handles bad values keeps working."""
 
     def __init__(self, problem: str, fix: str = "", code: int = BAD_INPUT) -> None:
         problem = " ".join(str(problem).split())  # one line, whatever the parts contained

@@ -36,7 +36,7 @@ from torch import nn
 from model.hart import Hart
 from model.stages import method_specs
 from quantization.recipes import AR_KEEP_PREFIXES
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 SCHEMES = {"executorch": ("8da4w", "8da8w", "fp32"), "coreml": ("int4", "int8", "fp16")}
 CALIBRATION = (("a bowl of ramen on a wooden table", 101), ("a snowy mountain village at night", 202))
@@ -318,6 +318,7 @@ def upgrade_path(us: list[Unit], noise: dict, schemes: tuple[str, str, str], gro
     return path
 
 
+@cli_main("python -m quantization.auto")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m quantization.auto", description=__doc__.split("\n\n")[0])
     p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint (default: seeded default model)")

@@ -18,7 +18,7 @@ from pathlib import Path
 from model.hart import Hart
 from quantization import auto
 from quantization.sensitivity import write_results
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 
 def measure(hart: Hart, layers: dict[str, str], ref: auto.Reference, group_size: int) -> dict:
@@ -107,6 +107,7 @@ def synthetic_0p7b(path: Path, schedule: str = "512px") -> Path:
     return path
 
 
+@cli_main("python -m quantization.curve")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m quantization.curve", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()

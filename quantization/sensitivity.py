@@ -20,7 +20,7 @@ from torch import nn
 from model.hart import Hart
 from model.stages import method_specs
 from quantization.recipes import AR_KEEP_PREFIXES, torchao_config
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 from runtime_py.pipeline import EagerBackend, Pipeline
 
 KINDS = {  # linear kind -> FQN predicate
@@ -165,6 +165,7 @@ def write_results(folder: Path, stem: str, res: dict, md: str, draw) -> str:
     return md
 
 
+@cli_main("python -m quantization.sensitivity")
 def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 

@@ -24,8 +24,10 @@ import numpy as np
 import torch
 
 from model.config import DEFAULT_SEED
+from model.errors import UserError
 from model.stages import MethodSpec, TensorSpec
 from model.tokenizer import PromptTokenizer
+from runtime_py.manifest_schema import manifest_problem
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSIONS = (1,)
@@ -38,8 +40,8 @@ _NP = {"float32": np.float32, "float16": np.float16, "int64": np.int64, "int8": 
 NOMINAL_BITS = {"fp32": 32, "fp16": 16, "8da8w": 8, "int8": 8, "8da4w": 4, "int4": 4}
 
 
-class BundleError(ValueError):
-    """A bundle that must not be run (bad manifest, missing/changed/truncated file)."""
+class BundleError(UserError):
+    """A bundle that must not be run (bad manifest, missing/changed/truncated file): exit code 2."""
 
 
 DIGEST_FILE = "manifest.sha256"
@@ -139,7 +141,12 @@ class Bundle:
 
     def tokenizer(self) -> PromptTokenizer:
         t = self.manifest["tokenizer"]
-        return PromptTokenizer.from_file(self.root / t["file"], max_tokens=t["max_tokens"], pad_token=t["pad_token"])
+        try:
+            return PromptTokenizer.from_file(self.root / t["file"], max_tokens=t["max_tokens"],
+                                             pad_token=t["pad_token"])
+        except Exception as e:  # noqa: BLE001 - the tokenizers library raises its own types on garbage
+            raise BundleError(f"{self.root / t['file']}: not a usable tokenizer ({e})",
+                              "re-export the bundle") from None
 
     def golden(self) -> dict[tuple[str, str], list[torch.Tensor]]:
         """{(method, "in"|"out"): tensors in spec order} from golden/index.json (hashes already checked)."""
@@ -179,9 +186,8 @@ class Bundle:
 
 
 def _check_header(m: dict, mpath: Path) -> None:
-    missing = [k for k in REQUIRED if k not in m]
-    if missing:
-        raise BundleError(f"{mpath}: missing field(s) {', '.join(missing)}")
+    if problem := manifest_problem(m, REQUIRED):
+        raise BundleError(f"{mpath}: {problem}", "re-export the bundle")
     if m["format"] != FORMAT:
         raise BundleError(f"{mpath}: format {m['format']!r} is not {FORMAT!r}")
     if m["schema_version"] not in SCHEMA_VERSIONS:

@@ -10,25 +10,30 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, UserError, check_out_file, cli_main, finite_float, seed_int, utf8_text
+
+PROG = "python -m runtime_py.generate"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(
-        prog="python -m runtime_py.generate",
+        prog=PROG,
         description="Generate an image with HART: eager PyTorch (default model or --checkpoint) "
         "or an exported --bundle.",
     )
-    p.add_argument("--prompt", required=True, help="text prompt")
-    p.add_argument("--seed", type=int, default=1, help="portable RNG seed (>= 0), default 1")
-    p.add_argument("--cfg", type=float, default=None, help="classifier-free guidance (default: the model's, 4.5)")
+    p.add_argument("--prompt", required=True, type=utf8_text, help="text prompt")
+    p.add_argument("--seed", type=seed_int, default=1, help="portable RNG seed in [0, 2^63), default 1")
+    p.add_argument("--cfg", type=finite_float, default=None,
+                   help="classifier-free guidance (default: the model's, 4.5)")
     p.add_argument("--top-k", type=int, default=None, help="override top-k for every scale (eager only)")
-    p.add_argument("--top-p", type=float, default=None, help="top-p in (0, 1]; 0 disables (eager only)")
+    p.add_argument("--top-p", type=finite_float, default=None, help="top-p in (0, 1]; 0 disables (eager only)")
     p.add_argument("--hard", action="store_true", help="hard token embeddings instead of Gumbel-soft (eager only)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", type=Path,
                      help="checkpoint folder in the official layout (default: seeded default model)")
     src.add_argument("--bundle", type=Path, help="exported bundle folder (manifest.json)")
+    p.add_argument("--text-encoder", type=Path, help="Qwen2 text-encoder folder for --checkpoint (default: "
+                   "CHECKPOINT/text_encoder or CHECKPOINT/Qwen2-VL-1.5B-Instruct), as sample.py --text_model_path")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG path (written atomically)")
     p.add_argument("--unload-text-encoder", action="store_true",
                    help="bundles: release the text encoder program after encoding (lower peak; same image)")
@@ -36,10 +41,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not a.prompt.strip():
         p.error("--prompt is empty: give the text to draw, e.g. --prompt 'a lighthouse at dusk'")
-    if a.seed < 0:
-        p.error(f"--seed must be >= 0, got {a.seed}")
     if a.checkpoint is not None and not a.checkpoint.is_dir():
         p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    if a.text_encoder is not None and a.checkpoint is None:
+        p.error("--text-encoder goes with --checkpoint (the default model and bundles carry their own)")
+    if a.text_encoder is not None and not a.text_encoder.is_dir():
+        p.error(f"--text-encoder {a.text_encoder} is not a folder (expected a Qwen2 folder with config.json)")
     if a.bundle is not None and not (a.bundle / "manifest.json").is_file():
         p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
     if a.top_k is not None and a.top_k < 1:
@@ -48,10 +55,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--top-p must be in [0, 1], got {a.top_p}")
     if a.bundle is not None and (a.top_k is not None or a.top_p is not None or a.hard):
         p.error("--top-k/--top-p/--hard are baked into a bundle at export time; re-export to change them")
+    check_out_file(p, "--out", a.out)
     return a
 
 
-def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | None, hard: bool, progress):
+def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | None, hard: bool, progress,
+                   text_encoder: Path | None = None):
     """Pipeline over the eager model's stage functions (sampling overrides applied to the config)."""
     from model import load
     from model.build import default_model
@@ -59,9 +68,10 @@ def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | No
     from model.stages import method_specs
     from runtime_py.pipeline import EagerBackend, Pipeline
 
-    hart = default_model() if checkpoint is None else load(checkpoint)
+    hart = default_model() if checkpoint is None else load(checkpoint, text_encoder=text_encoder)
     if hart.text is None:
-        raise SystemExit(f"error: {checkpoint} has no text encoder folder (text_encoder/ or Qwen2-VL-1.5B-Instruct/)")
+        raise UserError(f"--checkpoint {checkpoint} has no text encoder folder (text_encoder/ or "
+                        "Qwen2-VL-1.5B-Instruct/)", "pass --text-encoder DIR (a Qwen2 folder)")
     sampler = hart.cfg.sampler
     if top_k is not None:
         sampler = replace(sampler, top_k_early=top_k, top_k_late=top_k)
@@ -78,25 +88,22 @@ def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | No
     return pipe, hart.cfg.sampler.cfg
 
 
+@cli_main(PROG)
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     progress = None if a.quiet else (lambda it, desc: tqdm(it, desc=desc, unit="stage", file=sys.stderr))
     t0 = time.perf_counter()
-    try:
-        if a.bundle is not None:
-            from runtime_py.bundle import open_pipeline
+    if a.bundle is not None:
+        from runtime_py.bundle import open_pipeline
 
-            pipe, bundle = open_pipeline(a.bundle)
-            pipe.progress = progress
-            cfg = a.cfg if a.cfg is not None else bundle.default_cfg
-            source = f"bundle {a.bundle} ({pipe.backend.name})"
-        else:
-            pipe, default_cfg = eager_pipeline(a.checkpoint, a.top_k, a.top_p, a.hard, progress)
-            cfg = a.cfg if a.cfg is not None else default_cfg
-            source = f"eager {a.checkpoint or 'default seeded model'}"
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        pipe, bundle = open_pipeline(a.bundle)
+        pipe.progress = progress
+        cfg = a.cfg if a.cfg is not None else bundle.default_cfg
+        source = f"bundle {a.bundle} ({pipe.backend.name})"
+    else:
+        pipe, default_cfg = eager_pipeline(a.checkpoint, a.top_k, a.top_p, a.hard, progress, a.text_encoder)
+        cfg = a.cfg if a.cfg is not None else default_cfg
+        source = f"eager {a.checkpoint or 'default seeded model'}"
     load_ms = (time.perf_counter() - t0) * 1e3
     pipe.unload_text_encoder = a.unload_text_encoder
     gen = pipe.generate(a.prompt, a.seed, cfg)

@@ -48,8 +48,8 @@ import torch
 from model.hart import Hart, gumbel_from_uniform
 from model.memory import with_memory_mode
 from model.stages import MethodSpec, method_specs
-from runtime_py.bundle import Bundle, BundleError, checkpoint_source
-from runtime_py.cli import OneLineParser
+from runtime_py.bundle import Bundle, checkpoint_source
+from runtime_py.cli import OneLineParser, UserError, check_out_dir, cli_main
 from runtime_py.pipeline import EagerBackend, Generation, Pipeline
 
 RUNS = (("a red fox standing in fresh snow", 11), ("an empty prompt test", 3))  # not the golden prompt
@@ -239,7 +239,7 @@ def end_to_end(pipe: Pipeline, hart: Hart, refs: list[tuple[Generation, dict]], 
     return {**_verdict(values, limits), "rows": rows}, images
 
 
-def reference_model(bundle: Bundle, checkpoint: Path | None) -> Hart:
+def reference_model(bundle: Bundle, checkpoint: Path | None, text_encoder: Path | None = None) -> Hart:
     """The fp32 eager model the manifest says the bundle came from, on the bundle's schedule."""
     from model import load
     from model.build import build, with_patch_nums
@@ -249,14 +249,15 @@ def reference_model(bundle: Bundle, checkpoint: Path | None) -> Hart:
     patch_nums = tuple(bundle.manifest["schedule"]["patch_nums"])
     if src["kind"] == "default-seeded":
         if checkpoint is not None:
-            raise ValueError("the bundle was exported from the default seeded model; drop --checkpoint")
+            raise UserError("the bundle was exported from the default seeded model", "drop --checkpoint")
         hart = build(default_config(), seed=src["seed"])
     else:
         if checkpoint is None:
-            raise ValueError(f"the bundle was exported from checkpoint {src['name']!r}; pass --checkpoint")
+            raise UserError(f"the bundle was exported from checkpoint {src['name']!r}", "pass --checkpoint DIR")
         if checkpoint_source(checkpoint)["weights"] != src["weights"]:
-            raise ValueError(f"{checkpoint}: weight files differ from the ones the bundle was exported from")
-        hart = load(checkpoint)
+            raise UserError(f"{checkpoint}: weight files differ from the ones the bundle was exported from",
+                            "pass the checkpoint the bundle was exported from")
+        hart = load(checkpoint, text_encoder=text_encoder)
     mode = bundle.manifest.get("memory", {}).get("mode", {})
     mode = mode.get("reference_mode", mode)  # Core ML: fp16 states, golden/ from the fp32-cache model
     return with_memory_mode(with_patch_nums(hart, patch_nums), mode.get("kv_cache"), mode.get("attn_chunk"))
@@ -307,18 +308,20 @@ def contract_check(bundle: Bundle, hart: Hart) -> None:
         want = method_specs(hart)
     if want != bundle.specs:
         names = [a.name for a, b in zip(want, bundle.specs, strict=False) if a != b] or ["method list"]
-        raise ValueError(f"bundle method contract differs from the reference model at {names[0]}")
+        raise UserError(f"bundle method contract differs from the reference model at {names[0]}",
+                        "re-export the bundle from this model")
 
 
-def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None) -> dict:
+def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None,
+               text_encoder: Path | None = None) -> dict:
     from runtime_py.backends import create_backend
 
     bundle = Bundle.open(bundle_dir)
-    hart = reference_model(bundle, checkpoint)
+    hart = reference_model(bundle, checkpoint, text_encoder)
     contract_check(bundle, hart)
     limits = bundle.thresholds
     if not limits:
-        raise ValueError(f"{bundle_dir}: manifest has no parity thresholds")
+        raise UserError(f"{bundle_dir}: manifest has no parity thresholds", "re-export the bundle")
     be = backend if backend is not None else create_backend(bundle)
     cfg = bundle.default_cfg
     report: dict = {"bundle": str(bundle_dir), "backend": be.name, "recipe": bundle.manifest["parity"]["recipe"],
@@ -382,35 +385,40 @@ def write_report(report: dict, folder: Path) -> None:
 
 def _manifest_backend(bundle_dir: Path) -> str | None:
     try:
-        return json.loads((bundle_dir / "manifest.json").read_text()).get("backend")
+        m = json.loads((bundle_dir / "manifest.json").read_text())
     except (OSError, ValueError):
         return None  # Bundle.open reports the real problem
+    return m.get("backend") if isinstance(m, dict) else None
 
 
+@cli_main("python -m runtime_py.parity")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m runtime_py.parity",
                       description="Check an exported bundle against eager PyTorch (exit 1 if a threshold fails).")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint the bundle was exported from (if not default-seeded)")
+    p.add_argument("--text-encoder", type=Path, help="Qwen2 text-encoder folder for --checkpoint (default: inside it)")
     p.add_argument("--report", type=Path, help="write parity.json, parity.md and parity.png here")
     a = p.parse_args(argv)
     if a.checkpoint is not None and not a.checkpoint.is_dir():
         p.error(f"--checkpoint {a.checkpoint} is not a folder")
+    if a.text_encoder is not None and (a.checkpoint is None or not a.text_encoder.is_dir()):
+        p.error(f"--text-encoder {a.text_encoder} must be a folder and goes with --checkpoint")
+    if not (a.bundle / "manifest.json").is_file():
+        p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
+    if a.report is not None:
+        check_out_dir(p, "--report", a.report)  # before the gate runs, not after
     t0 = time.perf_counter()
     if _manifest_backend(a.bundle) == "coreml":  # Core ML can't execute off macOS: its own section of checks
         from runtime_py.coreml.parity import coreml_section, print_section
 
-        sec = coreml_section(a.bundle, a.checkpoint)
+        sec = coreml_section(a.bundle, a.checkpoint, a.text_encoder)
         if a.report:
             a.report.mkdir(parents=True, exist_ok=True)
             (a.report / "parity.json").write_text(json.dumps(sec, indent=1) + "\n")
         print_section(sec)
         return 0 if sec["status"] == "PASS" else 1
-    try:
-        report = run_parity(a.bundle, a.checkpoint)
-    except (BundleError, ValueError, FileNotFoundError) as e:
-        print(f"python -m runtime_py.parity: error: {e}", file=sys.stderr)
-        return 2
+    report = run_parity(a.bundle, a.checkpoint, text_encoder=a.text_encoder)
     if a.report:
         write_report(report, a.report)
     report.pop("_images", None)

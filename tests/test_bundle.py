@@ -97,7 +97,8 @@ def test_golden_files_are_hashed_too(bundle_dir):
     ({"schema_version": 99}, "schema_version 99"),
     ({"min_runtime_version": RUNTIME_VERSION + 1}, "runtime version"),
     ({"format": "something-else"}, "format"),
-    ({"backend": None, "call_order": ["scale_00"]}, "call_order"),
+    ({"call_order": ["scale_00"]}, "call_order"),
+    ({"backend": None}, "backend must be a string"),
 ])
 def test_bad_manifest_header_is_rejected(bundle_dir, changes, match):
     rewrite_manifest(bundle_dir, **changes)

@@ -26,7 +26,7 @@ from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
 from model.stages import method_specs
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 from runtime_py.coreml.conventions import param_index
 
 
@@ -216,6 +216,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+@cli_main("python -m export.coreml")
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = a.out or Path("bundles") / f"coreml-{a.quant}"

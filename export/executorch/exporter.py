@@ -26,7 +26,7 @@ from model.memory import with_memory_mode
 from model.stages import MethodSpec, Stage, example_inputs, method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
 from runtime_py import thresholds
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
 VAE_FP16_MIN_PSNR = 40.0  # the VAE decoder ships fp16 only if its image stays this close to fp32 eager
@@ -285,6 +285,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+@cli_main("python -m export.executorch")
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam

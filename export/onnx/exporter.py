@@ -24,7 +24,7 @@ from export.onnx.weights import share_external
 from model.config import SCHEDULES
 from model.explicit_kv import FunctionalEagerBackend, explicit_kv_specs, graph_module, half_copy
 from model.hart import Hart
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, cli_main
 
 DATA_FILE = "weights.data"
 
@@ -174,6 +174,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return a
 
 
+@cli_main("python -m export.onnx")
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     try:

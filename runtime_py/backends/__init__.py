@@ -42,8 +42,19 @@ def register(name: str, factory: Callable[[Bundle], Backend]) -> None:
 
 
 def create_backend(bundle: Bundle) -> Backend:
+    """The manifest's backend over the bundle's artifacts. The artifacts are untrusted input: whatever a
+    runtime raises while loading them is a BundleError naming the backend (exit code 2, no traceback)."""
+    from runtime_py.bundle import BundleError
+
     try:
         factory = BACKENDS[bundle.backend]
     except KeyError:
-        raise ValueError(f"{bundle.root}: unknown backend {bundle.backend!r} (known: {', '.join(BACKENDS)})") from None
-    return factory(bundle)
+        raise BundleError(f"{bundle.root}: unknown backend {bundle.backend!r}",
+                          f"known: {', '.join(BACKENDS)}") from None
+    try:
+        return factory(bundle)
+    except BundleError:
+        raise
+    except Exception as e:  # noqa: BLE001 - onnxruntime, executorch and coremltools raise their own types
+        raise BundleError(f"{bundle.root}: the {bundle.backend} runtime cannot load this bundle "
+                          f"({type(e).__name__}: {e})", "re-export the bundle") from None

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+PTE_IDENTIFIER = b"ET12"  # flatbuffer file_identifier of executorch/schema/program.fbs, bytes 4..8
+
 
 class ExecuTorchBackend:
     name = "executorch"
@@ -22,23 +24,40 @@ class ExecuTorchBackend:
     def __init__(self, root: str | Path, manifest: dict):
         from executorch.runtime import Runtime
 
-        self.runtime = runtime = Runtime.get()
+        self.runtime = Runtime.get()
         self.root = root = Path(root)
         self.programs = {}
         self.methods: dict[str, tuple[str, str]] = {}
         self.stateful = {m["file"] for m in manifest["methods"] if m["component"] == "ar_transformer"}
         for m in manifest["methods"]:
             if m["file"] not in self.programs:
-                self.programs[m["file"]] = runtime.load_program(root / m["file"])
+                self.programs[m["file"]] = self._load(m["file"])
             entry = m.get("entry", m["name"])
             if entry not in self.programs[m["file"]].method_names:
                 raise ValueError(f"{root / m['file']}: has no method {entry!r} (manifest method {m['name']})")
             self.methods[m["name"]] = (m["file"], entry)
 
+    def _load(self, file: str):
+        """load_program with InternalConsistency verification, after a header check of our own: ExecuTorch
+        logs a bad file identifier as raw bytes, which aborts the process (pybind11 cannot decode them)."""
+        from executorch.runtime import Verification
+
+        from runtime_py.bundle import BundleError
+
+        path = self.root / file
+        with open(path, "rb") as f:
+            head = f.read(8)
+        if len(head) < 8 or head[4:8] != PTE_IDENTIFIER or int.from_bytes(head[:4], "little") >= path.stat().st_size:
+            raise BundleError(f"{path} is not an ExecuTorch program (bad flatbuffer header); re-export the bundle")
+        try:
+            return self.runtime.load_program(path, verification=Verification.InternalConsistency)
+        except RuntimeError as e:
+            raise BundleError(f"{path} fails ExecuTorch program verification ({e}); re-export the bundle") from None
+
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         file, entry = self.methods[method]
         if file not in self.programs:
-            self.programs[file] = self.runtime.load_program(self.root / file)
+            self.programs[file] = self._load(file)
         outs = self.programs[file].load_method(entry).execute([t.contiguous() for t in inputs])
         return list(outs)
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 from runtime_py.backends.coreml import CoreMLSimBackend, device_unavailable_reason
 from runtime_py.bundle import Bundle, BundleError
-from runtime_py.cli import OneLineParser
+from runtime_py.cli import OneLineParser, UserError, cli_main
 from runtime_py.coreml.checks import Check, check_structure, check_weights
 
 PARITY_KEYS = ("golden", "teacher_forced", "components", "end_to_end")
@@ -62,7 +62,8 @@ def _failed(name: str, err: Exception) -> Check:
     return c
 
 
-def coreml_section(bundle_dir: Path, checkpoint: Path | None = None, device: bool = True) -> dict:
+def coreml_section(bundle_dir: Path, checkpoint: Path | None = None, text_encoder: Path | None = None,
+                   device: bool = True) -> dict:
     """All Core ML checks of one bundle -> {"backend", "bundle", "status", "checks"}; status FAIL if any fails."""
     from runtime_py.parity import contract_check, reference_model, run_parity
 
@@ -77,10 +78,10 @@ def coreml_section(bundle_dir: Path, checkpoint: Path | None = None, device: boo
         bundle = Bundle(root, manifest)  # keep going: report every problem, not the first
     checks.append(check_structure(root, manifest))
     try:
-        reference = reference_model(bundle, checkpoint)
+        reference = reference_model(bundle, checkpoint, text_encoder)
         contract_check(bundle, reference)
         checks.append(Check("contract"))
-    except ValueError as e:
+    except (UserError, ValueError) as e:
         checks.append(_failed("contract", e))
         return _section(root, checks)
     wchk, stored = check_weights(root, manifest, reference)
@@ -88,15 +89,15 @@ def coreml_section(bundle_dir: Path, checkpoint: Path | None = None, device: boo
     if stored:
         sim = CoreMLSimBackend(reference, stored, bundle.specs)
         try:
-            checks += _from_report("sim", run_parity(root, checkpoint, backend=sim))
-        except (BundleError, ValueError) as e:
+            checks += _from_report("sim", run_parity(root, checkpoint, backend=sim, text_encoder=text_encoder))
+        except (UserError, ValueError) as e:
             checks.append(_failed("sim_parity", e))
     reason = device_unavailable_reason() if device else "not requested"
     if reason:
         checks.append(Check("device", "SKIPPED", info={"reason": reason}))
     else:
         try:
-            checks += _from_report("device", run_parity(root, checkpoint))
+            checks += _from_report("device", run_parity(root, checkpoint, text_encoder=text_encoder))
         except Exception as e:  # noqa: BLE001 - a device failure of any kind is a FAIL with its message
             checks.append(_failed("device", e))
     return _section(root, checks)
@@ -116,6 +117,7 @@ def print_section(sec: dict) -> None:
             print(f"      - {e}")
 
 
+@cli_main("python -m runtime_py.coreml.parity")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m runtime_py.coreml.parity",
                       description="Check a Core ML bundle on any OS (exit 1 if a check fails).")
@@ -126,8 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     mf = a.bundle / "manifest.json"
     if not mf.is_file():
         p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.coreml)")
-    if json.loads(mf.read_text()).get("backend") != "coreml":
-        p.error(f"--bundle {a.bundle} is not a Core ML bundle")
+    from runtime_py.parity import _manifest_backend
+
+    if _manifest_backend(a.bundle) != "coreml":
+        p.error(f"--bundle {a.bundle} is not a Core ML bundle (manifest.json backend)")
     sec = coreml_section(a.bundle, a.checkpoint)
     if a.json:
         print(json.dumps(sec, indent=2))
