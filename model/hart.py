@@ -79,10 +79,11 @@ class Hart(nn.Module):
     def more_smooth(self) -> bool:
         return self.cfg.sampler.more_smooth
 
-    def reset_cache(self, dtype: torch.dtype | None = None) -> None:
-        """(Re)allocate the KV cache; dtype defaults to the config's memory mode (cfg.kv_cache)."""
+    def reset_cache(self, dtype: torch.dtype | None = None, layout: str = "bhsd") -> None:
+        """(Re)allocate the KV cache; dtype defaults to the config's memory mode (cfg.kv_cache); layout
+        "llm" is the one `body` needs (model/transformer.py Attention)."""
         dtype = dtype or KV_DTYPES[self.cfg.kv_cache]
-        self.ar.setup_cache(2 * self.B, total_tokens(self.cfg.ar), dtype, self.cfg.attn_chunk)
+        self.ar.setup_cache(2 * self.B, total_tokens(self.cfg.ar), dtype, self.cfg.attn_chunk, layout)
 
     def codebook(self) -> torch.Tensor:
         return self.vae.quantize.embedding.weight
@@ -122,13 +123,16 @@ class Hart(nn.Module):
         assert B == self.B
         return x_2BLC, pos_2BT, cond_2B2C, pos_off_2B
 
+    def rope(self, st: ScaleStep, pos_2BL_or_off):
+        """cos/sin [2B, l, d] of step st: 1-D positions of the context at step 0, else 2-D image coordinates."""
+        if st.si == 0:
+            return rope_1d(pos_2BL_or_off, self.inv_freq_1d)
+        coords = self.image_coords(st.pn)[None] + pos_2BL_or_off[:, None, None]
+        return rope_2d(coords, self.inv_freq_2d)
+
     def hidden(self, st: ScaleStep, x_2BLC, cond_2B2C, pos_2BL_or_off):
         """Run the blocks for step st (writes its KV slice); returns h_last [2B, l, C]."""
-        if st.si == 0:
-            cos, sin = rope_1d(pos_2BL_or_off, self.inv_freq_1d)
-        else:
-            coords = self.image_coords(st.pn)[None] + pos_2BL_or_off[:, None, None]
-            cos, sin = rope_2d(coords, self.inv_freq_2d)
+        cos, sin = self.rope(st, pos_2BL_or_off)
         return self.ar.forward_blocks(x_2BLC, cond_2B2C, cos, sin, st.kv_start, st.kv_end)
 
     def cfg_logits(self, st: ScaleStep, h_2BLC, cond_2B2C, cfg):
@@ -191,6 +195,44 @@ class Hart(nn.Module):
             else:
                 x, cond, pos_off, cfg, u = args
             h = self.hidden(st, x, cond, pos_off)
+        return self.sample_step(si, h, *args[1:] if si else (cond, pos_off, cfg, u))
+
+    # ---- the split AR program: one transformer body for every scale + small per-scale glue -------------
+    def split_prefill(self, ctx_BTD, mask_BT):
+        """Inputs of the first body call: context tokens, their 1-D RoPE, conditions, start position 0."""
+        x, pos, cond, pos_off = self.prefill(ctx_BTD, mask_BT)
+        cos, sin = self.rope(self.steps[0], pos)
+        return x, cos, sin, cond, pos_off, torch.zeros(1, dtype=torch.int64)
+
+    def body(self, x_2BLC, cos, sin, cond_2B2C, start_pos):
+        """The transformer blocks over any query length at a tensor start position (llm cache layout)."""
+        return self.ar.forward_blocks(x_2BLC, cond_2B2C, cos, sin, start_pos)
+
+    def body_static(self, si: int, x_2BLC, cos, sin, cond_2B2C, start_pos):
+        """The plain-PyTorch reference of `body` for step si (static offsets; start_pos must equal them)."""
+        st = self.steps[si]
+        return self.ar.forward_blocks(x_2BLC, cond_2B2C, cos, sin, st.kv_start, st.kv_end)
+
+    def glue(self, si: int, h_2BLC, *args):
+        """Scale si after the body: sampling and the latent update, plus the next body call's RoPE tables
+        and start position (the last scale returns idx, e_last, z as ar_step does)."""
+        out = self.sample_step(si, h_2BLC, *args)
+        if si == self.num_scales - 1:
+            return out
+        pos_off = args[-3]
+        nxt = self.steps[si + 1]
+        cos, sin = self.rope(nxt, pos_off)
+        start = torch.full((1,), nxt.kv_start, dtype=torch.int64)
+        return (*out[:3], cos, sin, start)
+
+    def sample_step(self, si: int, h, *args):
+        """Logits, sampling and latent update of step si from its hidden states h. args: (f_hat,) cond,
+        pos_off, cfg, u for 0 < si < last; cond, pos_off, cfg, u at step 0; cond, pos_off, cfg, u last."""
+        st = self.steps[si]
+        if 0 < si < self.num_scales - 1:
+            f_hat, cond, pos_off, cfg, u = args
+        else:
+            cond, pos_off, cfg, u = args
         logits = self.guided_logits(st, h, cond, cfg)
         idx, e = self.choose(st, logits, gumbel_from_uniform(u.float()))
         if si == self.num_scales - 1:

@@ -63,10 +63,11 @@ def rope_2d(pos_BL2: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor
     return emb.cos(), emb.sin()
 
 
-def apply_rope(x_BHLD: torch.Tensor, cos_BLD: torch.Tensor, sin_BLD: torch.Tensor) -> torch.Tensor:
-    half = x_BHLD.shape[-1] // 2
-    rot = torch.cat([-x_BHLD[..., half:], x_BHLD[..., :half]], dim=-1)
-    return x_BHLD * cos_BLD[:, None].to(x_BHLD.dtype) + rot * sin_BLD[:, None].to(x_BHLD.dtype)
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE; cos/sin [B, L, d] already broadcast to x's layout (BHLD: [:, None], BLHD: [:, :, None])."""
+    half = x.shape[-1] // 2
+    rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos.to(x.dtype) + rot * sin.to(x.dtype)
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

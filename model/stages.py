@@ -47,6 +47,18 @@ def method_names(hart: Hart) -> list[str]:
     return ["text_encoder"] + [f"scale_{s.si:02d}" for s in hart.steps] + ["diffusion_head", "vae_decoder"]
 
 
+BODY = "ar_body"  # the one transformer-body program method of the split AR layout
+
+
+def body_call(si: int) -> str:
+    """Manifest name of the body call of step si (every one runs the program method BODY)."""
+    return f"{BODY}_{si:02d}"
+
+
+def is_split(names: list[str]) -> bool:
+    return "ar_prefill" in names
+
+
 def _f32(name, shape, **kw) -> TensorSpec:
     return TensorSpec(name, tuple(shape), "float32", **kw)
 
@@ -92,19 +104,68 @@ def method_specs(hart: Hart) -> list[MethodSpec]:
     return specs
 
 
+def split_method_specs(hart: Hart) -> list[MethodSpec]:
+    """The split AR layout: `ar_prefill`, then per scale one body call (`ar_body_XX`, all the same program
+    method with the query length as its only varying dim; the only method touching the KV cache) and the
+    scale's glue (`scale_XX`: sampling, latent update, next RoPE tables and start position). The other
+    components are unchanged. Every call still has static shapes, so the pipeline and the apps run it
+    like any other method list."""
+    base = method_specs(hart)
+    c = hart.cfg
+    B, T, C, G = c.batch, c.ar.context_token, c.ar.embed_dim, hart.G
+    d = c.ar.head_dim
+    cond, pos = _f32("cond", (2 * B, 2, C)), _f32("pos_offset", (2 * B,))
+    start = TensorSpec("start_pos", (1,), "int64")
+
+    def rope_io(n: int) -> tuple[TensorSpec, ...]:
+        return _f32("x", (2 * B, n, C)), _f32("cos", (2 * B, n, d)), _f32("sin", (2 * B, n, d))
+
+    old = {m.name: m for m in base}
+    specs = [old["text_encoder"],
+             MethodSpec("ar_prefill", "ar_transformer", old["scale_00"].inputs[:2], (*rope_io(T), cond, pos, start))]
+    last = hart.num_scales - 1
+    for st in hart.steps:
+        n = T if st.si == 0 else st.num_query
+        h = _f32("h", (2 * B, n, C))
+        specs.append(MethodSpec(body_call(st.si), "ar_transformer", (*rope_io(n), cond, start), (h,)))
+        scale = old[f"scale_{st.si:02d}"]
+        cfg_in, noise = scale.inputs[-2:]
+        idx = scale.outputs[0]
+        if st.si == last:
+            specs.append(MethodSpec(scale.name, "ar_transformer", (h, cond, cfg_in, noise), scale.outputs))
+            continue
+        f_hat = (_f32("f_hat", (B, c.ar.cvae, G, G)),)
+        ins = (h, *(f_hat if st.si else ()), cond, pos, cfg_in, noise)
+        specs.append(MethodSpec(scale.name, "ar_transformer", ins, (idx, *f_hat, *rope_io(st.next_pn ** 2), start)))
+    return specs + [old["diffusion_head"], old["vae_decoder"]]
+
+
 class Stage(nn.Module):
     """One method as an nn.Module (what torch.export sees). All stages share the submodule `hart`,
     so parameter and KV-buffer names are identical across methods (shared weights, shared state)."""
 
-    def __init__(self, hart: Hart, name: str):
+    def __init__(self, hart: Hart, name: str, split: bool = False):
         super().__init__()
         self.hart = hart
         self.method = name
+        self.split = split  # scale_XX is the glue of the split layout (split_method_specs), not a whole step
 
     def forward(self, *args: torch.Tensor):
         h = self.hart
         if self.method == "text_encoder":
             return (h.encode_text(*args),)
+        if self.method == "ar_prefill":
+            return h.split_prefill(*args)
+        if self.method == BODY:
+            return (h.body(*args),)
+        if self.method.startswith(BODY):
+            return (h.body_static(int(self.method[len(BODY) + 1:]), *args),)
+        if self.method.startswith("scale_") and self.split:
+            si = int(self.method[6:])
+            if si == h.num_scales - 1:
+                hid, cond, cfg, u = args
+                return tuple(h.glue(si, hid, cond, None, cfg, u))
+            return tuple(h.glue(si, *args))
         if self.method.startswith("scale_"):
             return tuple(h.ar_step(int(self.method[6:]), *args))
         if self.method == "diffusion_head":

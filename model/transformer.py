@@ -16,8 +16,23 @@ from model.diffusion import DiffLoss
 from model.layers import RMSNorm, TimestepEmbedder, apply_rope, gelu_tanh
 
 
+def llm_ops():
+    """ExecuTorch's LLM custom ops (torch.ops.llama.update_cache / custom_sdpa): eager CPU kernels and
+    export-time ops that the ExecuTorch runtime implements; imported only by the `llm` cache layout."""
+    from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - registers torch.ops.llama
+
+    return torch.ops.llama
+
+
 class Attention(nn.Module):
-    """Self-attention over a preallocated KV cache written by slice assignment at static offsets."""
+    """Self-attention over a preallocated KV cache.
+
+    Two cache layouts with the same numbers: `bhsd` (plain PyTorch, slice writes at static Python-int
+    offsets: the reference, and one static graph per scale) and `llm` ([rows, S, H, D], written and read
+    by ExecuTorch's update_cache / custom_sdpa at a tensor start position: one graph for every scale,
+    writes only the new rows). custom_sdpa with is_causal=False attends to keys [0, start + L), which is
+    HART's block-causal rule.
+    """
 
     def __init__(self, cfg: ARConfig):
         super().__init__()
@@ -33,16 +48,21 @@ class Attention(nn.Module):
         else:
             self.scale = 0.25 / math.sqrt(self.D)  # VAR convention, not 1/sqrt(d)
         self.attn_chunk = 0
+        self.layout = "bhsd"
         self.register_buffer("k_cache", torch.zeros(0), persistent=False)
         self.register_buffer("v_cache", torch.zeros(0), persistent=False)
         self.register_buffer("k_scale", torch.zeros(0), persistent=False)
         self.register_buffer("v_scale", torch.zeros(0), persistent=False)
 
-    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype, attn_chunk: int = 0) -> None:
+    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype, attn_chunk: int = 0,
+                    layout: str = "bhsd") -> None:
         """dtype int8 stores codes plus one fp32 scale per (row, head, token): 4x smaller than fp32."""
-        self.attn_chunk = attn_chunk
-        self.k_cache = torch.zeros(rows, self.H, kv_len, self.D, dtype=dtype)
-        self.v_cache = torch.zeros(rows, self.H, kv_len, self.D, dtype=dtype)
+        if layout == "llm" and (dtype != torch.float32 or attn_chunk):
+            raise ValueError("the llm cache layout supports the fp32 cache without attention chunking only")
+        self.attn_chunk, self.layout = attn_chunk, layout
+        shape = (rows, kv_len, self.H, self.D) if layout == "llm" else (rows, self.H, kv_len, self.D)
+        self.k_cache = torch.zeros(shape, dtype=dtype)
+        self.v_cache = torch.zeros(shape, dtype=dtype)
         n = kv_len if dtype == torch.int8 else 0
         self.k_scale = torch.zeros(rows, self.H, n, 1)
         self.v_scale = torch.zeros(rows, self.H, n, 1)
@@ -76,21 +96,17 @@ class Attention(nn.Module):
             outs.append(att.softmax(dim=-1) @ v_BHSD)
         return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
 
-    def forward(self, x_BLC, cos, sin, kv_start: int, kv_end: int, attn_bias=None):
-        """kv_start/kv_end are Python ints: each scale step is its own static graph.
-
-        kv_start < 0 means "no cache": attend over the given tokens only (teacher forcing), with attn_bias.
-        """
+    def forward(self, x_BLC, cos, sin, kv_start, kv_end: int = 0, attn_bias=None):
+        """kv_start/kv_end are Python ints (bhsd): each scale step is its own static graph. kv_start < 0
+        means "no cache": attend over the given tokens only (teacher forcing), with attn_bias. A tensor
+        kv_start ([1] int64) selects the llm layout, where kv_end is implied by the query length."""
         B, L, C = x_BLC.shape
         bias = torch.cat([self.q_bias, torch.zeros_like(self.q_bias), self.v_bias])
         qkv = F.linear(x_BLC, self.qkv_proj.weight, bias).view(B, L, 3, self.H, self.D)
+        if isinstance(kv_start, torch.Tensor):
+            return self.proj(self.attend_llm(*qkv.unbind(2), cos, sin, kv_start).reshape(B, L, C))
         q_BHLD, k_BHLD, v_BHLD = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        if self.l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp()
-            q_BHLD = F.normalize(q_BHLD, dim=-1) * scale_mul
-            k_BHLD = F.normalize(k_BHLD, dim=-1)
-        q_BHLD = apply_rope(q_BHLD, cos, sin)
-        k_BHLD = apply_rope(k_BHLD, cos, sin)
+        q_BHLD, k_BHLD = self.rope_qk(q_BHLD, k_BHLD, cos[:, None], sin[:, None])
         if kv_start >= 0:
             self.write_cache(self.k_cache, self.k_scale, k_BHLD, kv_start, kv_end)
             self.write_cache(self.v_cache, self.v_scale, v_BHLD, kv_start, kv_end)
@@ -100,6 +116,28 @@ class Attention(nn.Module):
             k_BHSD, v_BHSD = k_BHLD, v_BHLD
         o_BHLD = self.attend(q_BHLD, k_BHSD, v_BHSD, attn_bias)
         return self.proj(o_BHLD.transpose(1, 2).reshape(B, L, C))
+
+    def rope_qk(self, q, k, cos, sin, head_dim: int = 1):
+        """qk L2 norm (if the checkpoint has it) then RoPE; cos/sin already broadcast to q's layout,
+        head_dim = where the heads are (1: BHLD, 2: BLHD)."""
+        if self.l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp_max(math.log(100.0)).exp().transpose(1, head_dim)
+            q = F.normalize(q, dim=-1) * scale_mul
+            k = F.normalize(k, dim=-1)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+
+    def attend_llm(self, q_BLHD, k_BLHD, v_BLHD, cos, sin, start_pos):
+        """Write the new rows at start_pos (update_cache) and attend to [0, start + L) (custom_sdpa)."""
+        if self.layout != "llm":
+            raise RuntimeError("a tensor start position needs the llm cache layout (setup_cache(layout='llm'))")
+        ops = llm_ops()
+        q_BLHD, k_BLHD = self.rope_qk(q_BLHD, k_BLHD, cos[:, :, None], sin[:, :, None], head_dim=2)
+        start = start_pos[0].item()
+        torch._check(start >= 0)
+        torch._check(start + q_BLHD.shape[1] <= self.k_cache.shape[1])
+        ops.update_cache(k_BLHD, self.k_cache, start)
+        ops.update_cache(v_BLHD, self.v_cache, start)
+        return ops.custom_sdpa(q_BLHD, self.k_cache, self.v_cache, start, None, 0.0, False, self.scale)
 
 
 class LlamaMLP(nn.Module):
@@ -139,7 +177,7 @@ class Block(nn.Module):
         elif cfg.aln == "shared":
             self.scale_shift_table = nn.Parameter(torch.zeros(6, C))
 
-    def forward(self, x, c_block_BC, cos, sin, kv_start: int, kv_end: int, attn_bias=None):
+    def forward(self, x, c_block_BC, cos, sin, kv_start, kv_end: int = 0, attn_bias=None):
         if self.aln == "none":
             x = x + self.attn(self.ln_wo_grad(x), cos, sin, kv_start, kv_end, attn_bias)
             return x + self.ffn(self.ln_wo_grad(x))
@@ -186,9 +224,10 @@ class ARTransformer(nn.Module):
         self.decoder_norm = RMSNorm(C, cfg.norm_eps)
         self.diffloss = DiffLoss(cfg.cvae, C, cfg.diff_width, cfg.diff_depth, cfg.num_sampling_steps)
 
-    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype = torch.float32, attn_chunk: int = 0) -> None:
+    def setup_cache(self, rows: int, kv_len: int, dtype: torch.dtype = torch.float32, attn_chunk: int = 0,
+                    layout: str = "bhsd") -> None:
         for b in self.blocks:
-            b.attn.setup_cache(rows, kv_len, dtype, attn_chunk)
+            b.attn.setup_cache(rows, kv_len, dtype, attn_chunk, layout)
 
     def level_embed(self, level: int) -> torch.Tensor:
         """E(level) as [1, 1, C]; levels are static per step, so this folds to a tiny in-graph MLP."""
@@ -213,7 +252,7 @@ class ARTransformer(nn.Module):
             return cond_2B2C[:, 1]
         return cond_2B2C[:, 0]
 
-    def forward_blocks(self, x_BLC, cond_2B2C, cos, sin, kv_start: int, kv_end: int, attn_bias=None):
+    def forward_blocks(self, x_BLC, cond_2B2C, cos, sin, kv_start, kv_end: int = 0, attn_bias=None):
         c_block = self.block_condition(cond_2B2C)
         for b in self.blocks:
             x_BLC = b(x_BLC, c_block, cos, sin, kv_start, kv_end, attn_bias)

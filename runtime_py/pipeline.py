@@ -105,12 +105,15 @@ class EagerBackend:
 
     name = "eager"
 
-    def __init__(self, hart):
-        from model.stages import Stage, method_names
-
+    def __init__(self, hart, split: bool = False):
         self.hart = hart
-        self.stages = {n: Stage(hart, n) for n in method_names(hart)}
+        self.split = split  # the split AR layout (model.stages.split_method_specs): scale_XX are glue methods
+        self.stages = {}
 
     @torch.no_grad()
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
+        from model.stages import Stage
+
+        if method not in self.stages:
+            self.stages[method] = Stage(self.hart, method, self.split)
         return list(self.stages[method](*inputs))

@@ -5,7 +5,8 @@
 # libexecutorch*.so; no torch needed). Checks the golden tensors (as "Verify bundle" does) and a
 # free-running generation. Not part of ci.sh: it needs an exported bundle (minutes of lowering).
 #   bash android_demo/tools/jvm_bundle_run.sh BUNDLE_DIR
-#   ET_SHARE_MEMORY_ARENAS=false ...   # Module(share_memory_arenas=false), to see the KV-cache effect
+#   default: Module(share_memory_arenas=false), as the AAR constructs it
+#   ET_SHARE_MEMORY_ARENAS=true ...   # shared arenas: what a per-scale bundle (--ar-layout scales) needs
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")/.." && pwd)"
 REPO="$(dirname "$HERE")"
@@ -18,7 +19,7 @@ J=/usr/share/java
 [ -d "$HERE/build/ci/test" ] || bash "$HERE/ci.sh" >/dev/null   # compiled core + runner + tests
 ET=""
 if [ -x "$REPO/.venv/bin/python" ]; then
-  ET=$("$REPO/.venv/bin/python" -c 'import executorch, os; print(os.path.dirname(executorch.__file__))' 2>/dev/null || true)
+  ET=$("$REPO/.venv/bin/python" -c 'import executorch; print(next(iter(executorch.__path__)))' 2>/dev/null || true)
 fi
 if [ -z "$ET" ] || [ ! -f "$ET/lib/libexecutorch.so" ]; then
   ET="$CACHE/executorch-1.5.1/executorch"
@@ -33,10 +34,15 @@ mkdir -p "$OUT/classes"
 g++ -std=c++17 -O2 -fPIC -shared -o "$OUT/libet_jni.so" "$HERE/app/src/jvmTest/jni/et_jni.cpp" \
   -I"$ET/include" -I"$ET/include/executorch/runtime/core/portable_type/c10" \
   -I"$JAVA_HOME/include" -I"$JAVA_HOME/include/linux" -DC10_USING_CUSTOM_GENERATED_MACROS \
-  -L"$ET/lib" -Wl,--no-as-needed -lexecutorch -lexecutorch_kernels_optimized -lexecutorch_backend_xnnpack \
+  -L"$ET/lib" -Wl,--no-as-needed -lexecutorch -lexecutorch_kernels_optimized -lexecutorch_backend_xnnpack -ldl \
   -Wl,-rpath,"$ET/lib"
 S="$HERE/app/src/jvmTest/stubs/org/pytorch/executorch"
 javac -d "$OUT/classes" "$HERE/app/src/jvmTest/jni/org/pytorch/executorch/Module.java" "$S/Tensor.java" "$S/EValue.java" "$S/DType.java"
-java -Det.jni="$OUT/libet_jni.so" -Det.shareMemoryArenas="${ET_SHARE_MEMORY_ARENAS:-true}" \
+# The AAR links ExecuTorch's LLM custom-op kernels (the split AR layout's update_cache / custom_sdpa);
+# the wheel ships them in a library of their own that links libtorch and the Python bindings.
+KERNELS="$ET/extension/llm/custom_ops/libcustom_ops_aot_lib.so"
+LIBPYTHON=$("$REPO/.venv/bin/python" -c 'import sysconfig as s; print(s.get_config_var("LIBDIR") + "/" + s.get_config_var("INSTSONAME"))')
+LD_PRELOAD="$LIBPYTHON" java -Det.jni="$OUT/libet_jni.so" -Det.kernelLibs="$KERNELS" \
+  -Det.shareMemoryArenas="${ET_SHARE_MEMORY_ARENAS:-false}" \
   -cp "$OUT/classes:$HERE/build/ci/core:$HERE/build/ci/test:$J/com.android.json.jar:$K/lib/kotlin-stdlib.jar" \
   demo.app.JvmBundleRunKt "$BUNDLE"

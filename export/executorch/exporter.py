@@ -23,12 +23,14 @@ from model.build import with_patch_nums
 from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
-from model.stages import MethodSpec, Stage, example_inputs, method_specs
+from model.stages import BODY, MethodSpec, Stage, example_inputs, is_split, method_specs, split_method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
 from runtime_py import thresholds
 from runtime_py.cli import OneLineParser, cli_main
 
 ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
+BODY_FILE = f"{BODY}.pte"  # split AR layout: the transformer body (and the KV cache) in a program of its own
+AR_LAYOUTS = ("scales", "split")
 VAE_FP16_MIN_PSNR = 40.0  # the VAE decoder ships fp16 only if its image stays this close to fp32 eager
 
 
@@ -46,32 +48,50 @@ class BoundaryCast(nn.Module):
         return tuple(o.float() if o.is_floating_point() else o for o in self.stage(*args))
 
 
-def stage_module(hart: Hart, spec: MethodSpec) -> nn.Module:
-    stage = Stage(hart, spec.name)
+def stage_module(hart: Hart, spec: MethodSpec, split: bool = False) -> nn.Module:
+    stage = Stage(hart, spec.name, split)
     if spec.component == "diffusion_head":
         dtype = hart.ar.diffloss.net.cond_embed.weight.dtype
         return BoundaryCast(stage, {0: dtype}) if dtype != torch.float32 else stage
     return stage
 
 
-def export_program(hart: Hart, specs: list[MethodSpec]) -> tuple[bytes, dict]:
-    """Lower `specs` (one component) into one .pte; returns its bytes and facts for the manifest."""
+def export_program(hart: Hart, specs: list[MethodSpec], split: bool = False) -> tuple[bytes, dict]:
+    """Lower `specs` (one component) into one .pte; returns its bytes and facts for the manifest.
+
+    Per-scale layout: the AR methods share one mutable KV cache. Split layout: `specs` is either the
+    body alone (one method over every query length, bounded by the largest call, owning the cache) or
+    the prefill and glue methods (no state), so no program shares state between methods."""
     from export.executorch.lowering import lower, prepare
 
     t0, c0 = time.perf_counter(), time.process_time()
     programs, weights = {}, {}
-    for s in specs:
-        ep = torch.export.export(stage_module(hart, s), example_inputs(s), strict=False)
+    body = split and specs[0].name.startswith(BODY)
+    for s in [max(specs, key=lambda m: m.inputs[0].shape[1])] if body else specs:
+        name = BODY if body else s.name
+        module = stage_module(hart, replace(s, name=name), split)
+        dims = None
+        if body:  # x, cos, sin share the query length; cond and start_pos are fixed
+            L = torch.export.Dim("query_len", min=1, max=s.inputs[0].shape[1])
+            dims = (({1: L}, {1: L}, {1: L}, None, None),)  # Stage.forward(*args)
+        ep = torch.export.export(module, _example(s, body), dynamic_shapes=dims, strict=False)
         weights.update(used_parameters(ep))
-        programs[s.name] = prepare(ep)
-    shared = specs[0].component == "ar_transformer"
+        programs[name] = prepare(ep)
+    shared = specs[0].component == "ar_transformer" and not split
     et = lower(programs, shared_state=shared)
     plans = et.executorch_program.execution_plan
     arenas = {p.name: int(sum(p.non_const_buffer_sizes)) for p in plans}
     return et.buffer, {"params": sum(weights.values()), "weight_bytes": stored_weight_bytes(et.buffer),
                        "seconds": round(time.perf_counter() - t0, 1),
                        "cpu_seconds": round(time.process_time() - c0, 1), "planned_arena_bytes": arenas,
-                       "shared_mutable_state": shared, "mutable_state": mutable_state(et.buffer) if shared else {}}
+                       "shared_mutable_state": shared,
+                       "mutable_state": mutable_state(et.buffer) if shared or body else {}}
+
+
+def _example(spec: MethodSpec, body: bool) -> tuple[torch.Tensor, ...]:
+    """Tracing inputs; the body's start position is a valid one for its length (0 at the prefill length)."""
+    ex = example_inputs(spec)
+    return (*ex[:-1], torch.zeros(1, dtype=torch.int64)) if body else ex
 
 
 _ET_DTYPES = {"FLOAT": "float32", "HALF": "float16", "CHAR": "int8", "LONG": "int64"}
@@ -135,27 +155,36 @@ def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, di
 
 def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,
                   schedule: str | None = None, vae_dtype: str = "auto", progress: bool = True,
-                  plan: dict | None = None) -> dict:
+                  plan: dict | None = None, ar_layout: str = "scales") -> dict:
     """Write a complete bundle to `out` (atomically) and return its manifest (`plan`: the per-layer
-    AR recipe of `quant="auto"`, quantization.auto.Plan.to_json())."""
+    AR recipe of `quant="auto"`, quantization.auto.Plan.to_json(); `ar_layout`: "scales" = one AR
+    method per scale sharing the KV cache, "split" = model.stages.split_method_specs)."""
     steps = ["golden trace", "quantize", *COMPONENTS, "write"]
     t_start = time.perf_counter()
     with tqdm(total=len(steps), desc="export", unit="stage", file=sys.stderr, disable=not progress) as bar, \
             fmt.staging(out) as tmp:
         step = bar.set_description
         step("golden trace")
-        specs = method_specs(hart)
+        split = ar_layout == "split"
+        specs = split_method_specs(hart) if split else method_specs(hart)
         trace, cfg = golden_trace(hart, specs)
         bar.update()
         step("quantize")
         first_vae = "fp16" if (quant != "fp32" and vae_dtype in ("auto", "fp16")) else "fp32"
         qhart, recipe = apply_recipe(hart, quant, group_size, vae_dtype=first_vae, plan=plan)
+        if split:
+            qhart.reset_cache(layout="llm")
         bar.update()
         facts: dict[str, dict] = {}
         for comp in COMPONENTS:
             step(comp)
             cspecs = [s for s in specs if s.component == comp]
-            data, facts[comp] = export_program(qhart, cspecs)
+            if split and comp == "ar_transformer":
+                body = [s for s in cspecs if s.name.startswith(BODY)]
+                cspecs = [s for s in cspecs if s not in body]
+                data, facts[BODY] = export_program(qhart, body, split=True)
+                (tmp / BODY_FILE).write_bytes(data)
+            data, facts[comp] = export_program(qhart, cspecs, split)
             if comp == "vae_decoder" and quant != "fp32":
                 data, facts[comp], recipe = _settle_vae(hart, quant, group_size, vae_dtype, data, facts[comp],
                                                         recipe, cspecs, trace)
@@ -175,7 +204,8 @@ def golden_trace(hart: Hart, specs: list[MethodSpec]) -> tuple[dict, float]:
     from runtime_py.pipeline import EagerBackend, Pipeline
 
     cfg = hart.cfg.sampler.cfg
-    gen = Pipeline(specs, EagerBackend(hart), hart.text.tokenizer).generate(
+    backend = EagerBackend(hart, split=is_split([s.name for s in specs]))
+    gen = Pipeline(specs, backend, hart.text.tokenizer).generate(
         fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg, keep_trace=True)
     return gen.trace, cfg
 
@@ -206,31 +236,36 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
     import executorch.version
 
     limits = thresholds.recipe_thresholds(recipe.name, recipe.plan)
-    sizes = {c: (root / ARTIFACTS[c]).stat().st_size for c in COMPONENTS}
+    files = {c: program_file(c) for c in facts}  # the components, plus the body program of the split layout
+    sizes = {c: (root / f).stat().st_size for c, f in files.items()}
     kv = fmt.kv_cache_bytes(hart)
-    # the AR program's plan includes the shared KV cache (its own memory id); count it once, separately
-    arenas = {c: max(v - (kv if facts[c]["shared_mutable_state"] else 0)
-                     for v in facts[c]["planned_arena_bytes"].values()) for c in COMPONENTS}
+    # the program holding the KV cache plans it in its arena; count it once, separately
+    arenas = {c: max(v - (kv if facts[c]["mutable_state"] else 0)
+                     for v in facts[c]["planned_arena_bytes"].values()) for c in facts}
     arena = max(arenas.values())
     components = {}
-    for c in COMPONENTS:
+    for c in facts:
         f = facts[c]
-        components[c] = {"file": ARTIFACTS[c], "methods": [s.name for s in specs if s.component == c],
+        components[c] = {"file": files[c], "methods": [s.name for s in specs if method_file(s) == files[c]],
                          "bytes": sizes[c], "params": f["params"], "weight_bytes": f["weight_bytes"],
                          "bits_per_weight": round(8 * f["weight_bytes"] / max(f["params"], 1), 2),
                          "file_bits_per_weight": round(8 * sizes[c] / max(f["params"], 1), 2),
                          "planned_arena_bytes": f["planned_arena_bytes"], "export_seconds": f["seconds"],
                          "export_cpu_seconds": f.get("cpu_seconds"),
-                         "shared_mutable_state": f["shared_mutable_state"]}
+                         "shared_mutable_state": f["shared_mutable_state"],
+                         **({"component": "ar_transformer"} if c == BODY else {})}
+    state = facts[BODY if BODY in facts else "ar_transformer"].get("mutable_state", {})
+    kv_doc = (f"mutable buffers hart.ar.blocks.{{i}}.attn.{{k,v}}_cache of the {BODY} method in {BODY_FILE}, the only "
+              "method that touches them; keep that program loaded for a whole generation" if BODY in facts else
+              "mutable buffers hart.ar.blocks.{i}.attn.{k,v}_cache shared by every ar_transformer method "
+              "(share_mutable_buffers); keep the program loaded for a whole generation")
     return {
         **fmt.header("executorch", specs),
         "executorch": {"version": executorch.version.__version__, "delegate": "XnnpackBackend",
-                       "kv_cache": "mutable buffers hart.ar.blocks.{i}.attn.{k,v}_cache shared by every "
-                                   "ar_transformer method (share_mutable_buffers); keep the program loaded for "
-                                   "a whole generation",
-                       "mutable_state": facts["ar_transformer"].get("mutable_state", {})},
+                       "kv_cache": kv_doc, "mutable_state": state},
         "model": {"name": hart.cfg.name, "source": source, "image_size": hart.cfg.image_size, "batch": hart.B},
-        "methods": [fmt.method_entry(s, ARTIFACTS[s.component], entry=s.name) for s in specs],
+        "methods": [fmt.method_entry(s, method_file(s), entry=BODY if s.name.startswith(BODY) else s.name)
+                    for s in specs],
         "components": components,
         "schedule": fmt.schedule_info(hart, schedule),
         "sampler": fmt.sampler_info(hart),
@@ -245,6 +280,14 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),
     }
+
+
+def program_file(program: str) -> str:
+    return BODY_FILE if program == BODY else ARTIFACTS[program]
+
+
+def method_file(spec: MethodSpec) -> str:
+    return BODY_FILE if spec.name.startswith(BODY) else ARTIFACTS[spec.component]
 
 
 def summary(manifest: dict) -> str:
@@ -272,6 +315,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plan", type=Path, help="auto: reuse a plan written by python -m quantization.auto")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size for 8da4w (default 32)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
+    p.add_argument("--ar-layout", choices=AR_LAYOUTS, default="scales",
+                   help="scales: one AR method per scale sharing the KV cache (needs shared arenas); split: one "
+                        f"transformer-body method ({BODY_FILE}, ExecuTorch LLM cache ops, the only method with state) "
+                        "plus per-scale glue, correct under the stock Android Module options (fp32 KV cache only)")
     p.add_argument("--vae-dtype", choices=("auto", "fp16", "fp32"), default="auto",
                    help=f"VAE decoder precision for quantized recipes; auto = fp16 if >= {VAE_FP16_MIN_PSNR} dB")
     fmt.add_memory_mode_args(p)
@@ -280,6 +327,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.group_size <= 0 or a.group_size % 2:
         p.error(f"--group-size must be a positive even number, got {a.group_size}")
+    if a.ar_layout == "split" and (a.kv_cache != "fp32" or a.attn_chunk):
+        p.error("--ar-layout split supports --kv-cache fp32 without --attn-chunk (custom_sdpa tiles attention itself)")
     fmt.check_auto_args(p, a)
     fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
     return a
@@ -296,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as e:
         print(f"python -m export.executorch: error: {e}", file=sys.stderr)
         return 2
-    manifest = export_bundle(hart, source, a.out, a.quant, a.group_size, a.schedule, a.vae_dtype, not a.quiet, plan)
+    manifest = export_bundle(hart, source, a.out, a.quant, a.group_size, a.schedule, a.vae_dtype, not a.quiet, plan,
+                             a.ar_layout)
     print(summary(manifest))
     vae = manifest["quantization"]["components"]["vae_decoder"]
     print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']}) in {manifest['export_seconds']} s")

@@ -29,6 +29,8 @@ class ExecuTorchBackend:
         self.programs = {}
         self.methods: dict[str, tuple[str, str]] = {}
         self.stateful = {m["file"] for m in manifest["methods"] if m["component"] == "ar_transformer"}
+        if any(m.get("entry") == "ar_body" for m in manifest["methods"]):  # split AR layout: LLM cache ops
+            from executorch.extension.llm.custom_ops import custom_ops  # noqa: F401 - registers their kernels
         for m in manifest["methods"]:
             if m["file"] not in self.programs:
                 self.programs[m["file"]] = self._load(m["file"])

@@ -1,6 +1,7 @@
 // JNI bridge from the JVM stand-in org.pytorch.executorch.Module to the ExecuTorch 1.5.1 C++
 // Module API (float32 / int64 tensors only). Built by android_demo/tools/jvm_bundle_run.sh against
 // the pip wheel's headers and libexecutorch*.so; not part of the Android app.
+#include <dlfcn.h>
 #include <jni.h>
 
 #include <executorch/extension/module/module.h>
@@ -30,6 +31,13 @@ void fail(JNIEnv* env, const std::string& msg) {
   env->ThrowNew(env->FindClass("java/lang/RuntimeException"), msg.c_str());
 }
 }  // namespace
+
+// Kernel libraries the AAR links statically but the pip wheel ships as separate .so files (the LLM
+// custom ops: llama::update_cache, llama::custom_sdpa); RTLD_GLOBAL so their kernels register in the
+// same libexecutorch the Module uses.
+extern "C" JNIEXPORT void JNICALL Java_org_pytorch_executorch_Module_nativeLoadLibrary(JNIEnv* env, jclass, jstring path) {
+  if (dlopen(str(env, path).c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr) fail(env, dlerror());
+}
 
 extern "C" JNIEXPORT jlong JNICALL Java_org_pytorch_executorch_Module_nativeLoad(
     JNIEnv* env, jclass, jstring path, jboolean share) {

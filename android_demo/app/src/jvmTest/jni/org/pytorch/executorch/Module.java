@@ -5,11 +5,15 @@ package org.pytorch.executorch;
  * libexecutorch*.so) through et_jni.cpp, used by android_demo/tools/jvm_bundle_run.sh to run real
  * .pte bundles through the app's unchanged ExecuTorchRunner on a desktop JVM. Same public
  * signatures as the AAR (load, loadMethod, forward, execute, destroy); Tensor / EValue / DType come
- * from ../stubs. Not the AAR's fbjni code.
+ * from ../stubs. Not the AAR's fbjni code. `-Det.kernelLibs=a.so:b.so` loads kernel libraries that the
+ * AAR links in but the wheel ships separately (the LLM custom ops of the split AR layout).
  */
 public class Module {
   static {
     System.load(System.getProperty("et.jni"));
+    for (String lib : System.getProperty("et.kernelLibs", "").split(":")) {
+      if (!lib.isEmpty()) nativeLoadLibrary(lib);
+    }
   }
 
   private long handle;
@@ -17,6 +21,8 @@ public class Module {
   private Module(long handle) {
     this.handle = handle;
   }
+
+  private static native void nativeLoadLibrary(String path);
 
   private static native long nativeLoad(String path, boolean shareMemoryArenas);
 
