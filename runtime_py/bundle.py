@@ -166,7 +166,7 @@ class Bundle:
         quant = m.get("quantization", {})
         recipe, bits = {}, {}
         for c, info in m.get("components", {}).items():
-            q = info.get("quantization") or quant.get("components", {}).get(c, {})
+            q = info.get("quantization") or quant.get("components", {}).get(info.get("component", c), {})
             recipe[c] = q.get("scheme") or q.get("dtype")
             if info.get("bits_per_weight") is not None:
                 bits[c] = info["bits_per_weight"]

@@ -245,8 +245,9 @@ def test_exporter_manifest_is_complete(tmp_path, default_hart, monkeypatch):
 
     fake = {"params": 10, "weight_bytes": 40, "seconds": 0.0, "cpu_seconds": 0.0, "shared_mutable_state": False,
             "planned_arena_bytes": {"m": 1000}}
-    monkeypatch.setattr(ex, "export_program", lambda hart, specs: (b"\0" * 64, dict(fake)))
-    m = ex.export_bundle(default_hart, fmt.default_source(), tmp_path / "b", quant="fp32", progress=False)
+    monkeypatch.setattr(ex, "export_program", lambda hart, specs, split=False: (b"\0" * 64, dict(fake)))
+    m = ex.export_bundle(default_hart, fmt.default_source(), tmp_path / "b", quant="fp32", progress=False,
+                         ar_layout="scales")
     assert Bundle.open(tmp_path / "b").manifest == m
     steps = default_hart.steps
     assert m["call_order"] == [s.name for s in method_specs(default_hart)]
@@ -271,7 +272,7 @@ def test_vae_falls_back_to_fp32_when_fp16_is_not_close_enough(tmp_path, default_
             "planned_arena_bytes": {"m": 1000}}
     dtypes = []
 
-    def fake_export(hart, specs):
+    def fake_export(hart, specs, split=False):
         dtypes.append(hart.vae.decoder.conv_in.weight.dtype)
         return b"\0" * 64, dict(fake)
 

@@ -56,8 +56,8 @@ def exports(tmp_path_factory):
     """Both exports start at once (lowering is single-threaded Python: two processes use both
     cores); fp32 tests run while the 8da4w export is still lowering."""
     base = tmp_path_factory.mktemp("bundles")
-    runs = {q: Export(q, base / q) for q in ("fp32", "8da4w")}
-    runs["split-fp32"] = Export("fp32", base / "split-fp32", "--ar-layout", "split")
+    runs = {q: Export(q, base / q, "--ar-layout", "scales") for q in ("fp32", "8da4w")}
+    runs["split-fp32"] = Export("fp32", base / "split-fp32")  # the default layout
     yield runs
     for r in runs.values():
         if r.proc.poll() is None:
@@ -194,7 +194,7 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, default_hart, monkeypatch
 
     calls = []
 
-    def flaky(hart, specs):
+    def flaky(hart, specs, split=False):
         calls.append(specs[0].component)
         if len(calls) == 2:
             raise RuntimeError("lowering crashed")
@@ -203,13 +203,13 @@ def test_interrupted_export_leaves_no_bundle(tmp_path, default_hart, monkeypatch
     monkeypatch.setattr(ex, "export_program", flaky)
     fresh = tmp_path / "fresh"
     with pytest.raises(RuntimeError, match="lowering crashed"):
-        ex.export_bundle(default_hart, fmt.default_source(), fresh, quant="fp32", progress=False)
+        ex.export_bundle(default_hart, fmt.default_source(), fresh, quant="fp32", progress=False, ar_layout="scales")
     assert not fresh.exists()
     kept = tmp_path / "kept"
     shutil.copytree(fp32_bundle, kept)
     calls.clear()
     with pytest.raises(RuntimeError, match="lowering crashed"):
-        ex.export_bundle(default_hart, fmt.default_source(), kept, quant="fp32", progress=False)
+        ex.export_bundle(default_hart, fmt.default_source(), kept, quant="fp32", progress=False, ar_layout="scales")
     Bundle.open(kept)  # the previous bundle is intact, hashes and all
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kept"]
 

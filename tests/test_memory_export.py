@@ -136,7 +136,8 @@ class Export:
 def exports(tmp_path_factory):
     """Both exports at once (each is mostly single-threaded Python; two processes use both cores)."""
     base = tmp_path_factory.mktemp("memory-bundles")
-    runs = {"executorch": Export("export.executorch", ["--quant", "fp32", "--kv-cache", "int8", "--attn-chunk", "32"],
+    runs = {"executorch": Export("export.executorch", ["--quant", "fp32", "--kv-cache", "int8", "--attn-chunk", "32",
+                                                       "--ar-layout", "scales"],
                                  base / "et-int8"),
             "onnx": Export("export.onnx", ["--quant", "fp32", "--kv-cache", "int8"], base / "onnx-int8")}
     yield runs

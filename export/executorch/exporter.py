@@ -155,7 +155,7 @@ def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, di
 
 def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", group_size: int = 32,
                   schedule: str | None = None, vae_dtype: str = "auto", progress: bool = True,
-                  plan: dict | None = None, ar_layout: str = "scales") -> dict:
+                  plan: dict | None = None, ar_layout: str = "split") -> dict:
     """Write a complete bundle to `out` (atomically) and return its manifest (`plan`: the per-layer
     AR recipe of `quant="auto"`, quantization.auto.Plan.to_json(); `ar_layout`: "scales" = one AR
     method per scale sharing the KV cache, "split" = model.stages.split_method_specs)."""
@@ -240,7 +240,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
     sizes = {c: (root / f).stat().st_size for c, f in files.items()}
     kv = fmt.kv_cache_bytes(hart)
     # the program holding the KV cache plans it in its arena; count it once, separately
-    arenas = {c: max(v - (kv if facts[c]["mutable_state"] else 0)
+    arenas = {c: max(v - (kv if facts[c].get("mutable_state") else 0)
                      for v in facts[c]["planned_arena_bytes"].values()) for c in facts}
     arena = max(arenas.values())
     components = {}
@@ -315,10 +315,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--plan", type=Path, help="auto: reuse a plan written by python -m quantization.auto")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size for 8da4w (default 32)")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
-    p.add_argument("--ar-layout", choices=AR_LAYOUTS, default="scales",
-                   help="scales: one AR method per scale sharing the KV cache (needs shared arenas); split: one "
-                        f"transformer-body method ({BODY_FILE}, ExecuTorch LLM cache ops, the only method with state) "
-                        "plus per-scale glue, correct under the stock Android Module options (fp32 KV cache only)")
+    p.add_argument("--ar-layout", choices=AR_LAYOUTS, default="split",
+                   help=f"split (default): one transformer-body method ({BODY_FILE}, ExecuTorch's LLM cache ops, the "
+                        "only method with state) plus per-scale glue, correct under the stock Android Module options; "
+                        "fp32 KV cache only. scales: one AR method per scale sharing the KV cache (needs a runtime "
+                        "that shares arenas between methods); the memory modes need it")
     p.add_argument("--vae-dtype", choices=("auto", "fp16", "fp32"), default="auto",
                    help=f"VAE decoder precision for quantized recipes; auto = fp16 if >= {VAE_FP16_MIN_PSNR} dB")
     fmt.add_memory_mode_args(p)
@@ -327,10 +328,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if a.group_size <= 0 or a.group_size % 2:
         p.error(f"--group-size must be a positive even number, got {a.group_size}")
-    if a.ar_layout == "split" and (a.kv_cache != "fp32" or a.attn_chunk):
-        p.error("--ar-layout split supports --kv-cache fp32 without --attn-chunk (custom_sdpa tiles attention itself)")
     fmt.check_auto_args(p, a)
     fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
+    if a.ar_layout == "split" and (a.kv_cache != "fp32" or a.attn_chunk):
+        p.error("--kv-cache/--attn-chunk need --ar-layout scales (the split layout keeps an fp32 cache; "
+                "custom_sdpa tiles attention itself)")
     return a
 
 
