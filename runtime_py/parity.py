@@ -49,8 +49,18 @@ from model.hart import Hart, gumbel_from_uniform
 from model.memory import with_memory_mode
 from model.stages import MethodSpec, method_specs
 from runtime_py.bundle import Bundle, checkpoint_source
-from runtime_py.cli import OneLineParser, UserError, check_out_dir, cli_main
+from runtime_py.cli import (
+    FAILED_CHECK,
+    OneLineParser,
+    UserError,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_out_dir,
+    cli_main,
+    load_model,
+)
 from runtime_py.pipeline import EagerBackend, Generation, Pipeline
+from runtime_py.thresholds import looser_than_documented, manifest_plan, parity_section
 
 RUNS = (("a red fox standing in fresh snow", 11), ("an empty prompt test", 3))  # not the golden prompt
 INF = 999.0
@@ -241,7 +251,6 @@ def end_to_end(pipe: Pipeline, hart: Hart, refs: list[tuple[Generation, dict]], 
 
 def reference_model(bundle: Bundle, checkpoint: Path | None, text_encoder: Path | None = None) -> Hart:
     """The fp32 eager model the manifest says the bundle came from, on the bundle's schedule."""
-    from model import load
     from model.build import build, with_patch_nums
     from model.config import default_config
 
@@ -257,7 +266,7 @@ def reference_model(bundle: Bundle, checkpoint: Path | None, text_encoder: Path 
         if checkpoint_source(checkpoint)["weights"] != src["weights"]:
             raise UserError(f"{checkpoint}: weight files differ from the ones the bundle was exported from",
                             "pass the checkpoint the bundle was exported from")
-        hart = load(checkpoint, text_encoder=text_encoder)
+        hart = load_model(checkpoint, text_encoder)
     mode = bundle.manifest.get("memory", {}).get("mode", {})
     mode = mode.get("reference_mode", mode)  # Core ML: fp16 states, golden/ from the fp32-cache model
     return with_memory_mode(with_patch_nums(hart, patch_nums), mode.get("kv_cache"), mode.get("attn_chunk"))
@@ -312,6 +321,31 @@ def contract_check(bundle: Bundle, hart: Hart) -> None:
                         "re-export the bundle from this model")
 
 
+def checked_thresholds(bundle: Bundle, hart: Hart) -> dict:
+    """The manifest's thresholds, once they are known to be at least as strict as the documented ones
+    for its backend, recipe and memory mode (runtime_py/thresholds.py): the manifest is not signed, so
+    the gate does not take its word for its own limits. Looser, missing or unknown limits: exit 1."""
+    m = bundle.manifest
+    parity = m.get("parity") or {}
+    if not parity.get("thresholds"):
+        raise UserError(f"{bundle.root}: manifest has no parity thresholds", "re-export the bundle")
+    recipe = parity.get("recipe")
+    text = (((m.get("quantization") or {}).get("components") or {}).get("text_encoder") or {}).get("dtype")
+    try:
+        documented = parity_section(bundle.backend, recipe, hart, manifest_plan(m), text or "int8")
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+        raise UserError(f"{bundle.root}/manifest.json: parity recipe {recipe!r} has no documented thresholds for "
+                        f"backend {bundle.backend!r}", "re-export the bundle", code=FAILED_CHECK) from None
+    problems = looser_than_documented(parity, documented)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(f"{bundle.root}/manifest.json: parity thresholds are looser than documented for "
+                        f"{bundle.backend} {recipe} ({'; '.join(problems[:3])}{more})",
+                        "re-export the bundle; the gate accepts only limits at least as strict as "
+                        "runtime_py/thresholds.py", code=FAILED_CHECK)
+    return parity["thresholds"]
+
+
 def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None,
                text_encoder: Path | None = None) -> dict:
     from runtime_py.backends import create_backend
@@ -319,9 +353,7 @@ def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None,
     bundle = Bundle.open(bundle_dir)
     hart = reference_model(bundle, checkpoint, text_encoder)
     contract_check(bundle, hart)
-    limits = bundle.thresholds
-    if not limits:
-        raise UserError(f"{bundle_dir}: manifest has no parity thresholds", "re-export the bundle")
+    limits = checked_thresholds(bundle, hart)
     be = backend if backend is not None else create_backend(bundle)
     cfg = bundle.default_cfg
     report: dict = {"bundle": str(bundle_dir), "backend": be.name, "recipe": bundle.manifest["parity"]["recipe"],
@@ -396,14 +428,10 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m runtime_py.parity",
                       description="Check an exported bundle against eager PyTorch (exit 1 if a threshold fails).")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint the bundle was exported from (if not default-seeded)")
-    p.add_argument("--text-encoder", type=Path, help="Qwen2 text-encoder folder for --checkpoint (default: inside it)")
+    add_checkpoint_args(p, "checkpoint the bundle was exported from (if not default-seeded)")
     p.add_argument("--report", type=Path, help="write parity.json, parity.md and parity.png here")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder")
-    if a.text_encoder is not None and (a.checkpoint is None or not a.text_encoder.is_dir()):
-        p.error(f"--text-encoder {a.text_encoder} must be a folder and goes with --checkpoint")
+    check_checkpoint_args(p, a)
     if not (a.bundle / "manifest.json").is_file():
         p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
     if a.report is not None:
