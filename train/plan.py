@@ -40,7 +40,7 @@ class Plan:
     vae_crop_batch_mult: int = 2  # crops per step = 2 × batch
     vae_scenes: int = 0  # >0: the VAE cycles over this many scenes (tests); 0: the infinite stream
     pool: int = 3072  # scenes tokenized once by the trained VAE for the AR and diffusion stages
-    ar: StagePlan = StagePlan(steps=1000, batch=16, lr=1e-3)
+    ar: StagePlan = StagePlan(steps=1200, batch=16, lr=1e-3)
     diffusion: StagePlan = StagePlan(steps=400, batch=16, lr=1e-3)
     cfg_drop: float = 0.1  # context dropout (classifier-free guidance)
     two_prob: float = 0.25  # share of two-shape scenes
