@@ -19,15 +19,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from model.config import DEFAULT_SEED
 from model.errors import UserError
-from model.stages import MethodSpec, TensorSpec
-from model.tokenizer import PromptTokenizer
 from runtime_py.manifest_schema import manifest_problem
+
+if TYPE_CHECKING:  # torch and the model code load only when a bundle is used, not to validate one
+    import torch
+
+    from model.stages import MethodSpec, TensorSpec
+    from model.tokenizer import PromptTokenizer
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSIONS = (1,)
@@ -90,6 +93,8 @@ def _safe_rel(name: str) -> PurePosixPath:
 
 
 def _tensor_spec(d: dict) -> TensorSpec:
+    from model.stages import TensorSpec
+
     return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d.get("source", "env"),
                       d.get("rng", {}))
 
@@ -128,6 +133,8 @@ class Bundle:
 
     @property
     def specs(self) -> list[MethodSpec]:
+        from model.stages import MethodSpec
+
         return [MethodSpec(m["name"], m["component"], tuple(_tensor_spec(t) for t in m["inputs"]),
                            tuple(_tensor_spec(t) for t in m["outputs"])) for m in self.manifest["methods"]]
 
@@ -140,6 +147,8 @@ class Bundle:
         return self.manifest.get("parity", {}).get("thresholds", {})
 
     def tokenizer(self) -> PromptTokenizer:
+        from model.tokenizer import PromptTokenizer
+
         t = self.manifest["tokenizer"]
         try:
             return PromptTokenizer.from_file(self.root / t["file"], max_tokens=t["max_tokens"],
@@ -150,6 +159,8 @@ class Bundle:
 
     def golden(self) -> dict[tuple[str, str], list[torch.Tensor]]:
         """{(method, "in"|"out"): tensors in spec order} from golden/index.json (hashes already checked)."""
+        import torch
+
         index = json.loads((self.root / "golden" / "index.json").read_text())
         out: dict[tuple[str, str], list[torch.Tensor]] = {}
         for e in sorted(index["tensors"], key=lambda e: e["index"]):
@@ -218,17 +229,22 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
 def open_pipeline(bundle_dir: str | Path, backend=None, progress=None):
     """(Pipeline, Bundle) for a bundle folder; `backend` overrides the manifest's choice."""
     from runtime_py.backends import create_backend
+
+    bundle = Bundle.open(bundle_dir)  # before torch is imported: a bad bundle fails fast
+    tokenizer = bundle.tokenizer()  # then the cheap checks: a bad tokenizer is reported before programs load
+    be = backend if backend is not None else create_backend(bundle)
     from runtime_py.pipeline import Pipeline
 
-    bundle = Bundle.open(bundle_dir)
-    be = backend if backend is not None else create_backend(bundle)
-    return Pipeline(bundle.specs, be, bundle.tokenizer(), progress=progress), bundle
+    return Pipeline(bundle.specs, be, tokenizer, progress=progress), bundle
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def default_source(seed: int = DEFAULT_SEED) -> dict:
+def default_source(seed: int | None = None) -> dict:
+    from model.config import DEFAULT_SEED
+
+    seed = DEFAULT_SEED if seed is None else seed
     return {"kind": "default-seeded", "seed": seed, "config": "default"}
 
 

@@ -37,6 +37,7 @@ is reported next to it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import time
@@ -404,15 +405,17 @@ def write_report(report: dict, folder: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from runtime_py.images import to_uint8
+    from runtime_py.images import to_uint8, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     images = report.pop("_images", [])
-    (folder / "parity.json").write_text(json.dumps(report, indent=1) + "\n")
-    (folder / "parity.md").write_text(markdown(report))
+    write_atomic(folder / "parity.json", (json.dumps(report, indent=1) + "\n").encode())  # each file whole or absent
+    write_atomic(folder / "parity.md", markdown(report).encode())
     if images:
         rows = [np.concatenate([to_uint8(a[0]), to_uint8(b[0])], axis=1) for a, b in images]
-        Image.fromarray(np.concatenate(rows, axis=0)).save(folder / "parity.png")
+        buf = io.BytesIO()
+        Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
+        write_atomic(folder / "parity.png", buf.getvalue())
 
 
 def _manifest_backend(bundle_dir: Path) -> str | None:
@@ -439,11 +442,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if _manifest_backend(a.bundle) == "coreml":  # Core ML can't execute off macOS: its own section of checks
         from runtime_py.coreml.parity import coreml_section, print_section
+        from runtime_py.images import write_atomic
 
         sec = coreml_section(a.bundle, a.checkpoint, a.text_encoder)
         if a.report:
             a.report.mkdir(parents=True, exist_ok=True)
-            (a.report / "parity.json").write_text(json.dumps(sec, indent=1) + "\n")
+            write_atomic(a.report / "parity.json", (json.dumps(sec, indent=1) + "\n").encode())
         print_section(sec)
         return 0 if sec["status"] == "PASS" else 1
     report = run_parity(a.bundle, a.checkpoint, text_encoder=a.text_encoder)
