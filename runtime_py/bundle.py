@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from model.errors import UserError
+from model.errors import FAILED_CHECK, UserError
 from runtime_py.manifest_schema import manifest_problem
 
 if TYPE_CHECKING:  # torch and the model code load only when a bundle is used, not to validate one
@@ -58,23 +58,28 @@ def digest_line(manifest_bytes: bytes) -> bytes:
 
 def read_manifest_bytes(root: Path) -> bytes:
     """manifest.json's bytes, checked against manifest.sha256 (one read: the bytes hashed are the
-    bytes parsed)."""
+    bytes parsed). A bundle that fails this was edited or damaged: a failed check, exit code 1."""
     mpath, dpath = root / "manifest.json", root / DIGEST_FILE
     for p in (mpath, dpath):
         if p.is_symlink():
-            raise BundleError(f"{p} is a symlink; bundle files must be regular files inside the bundle "
-                              "(copy the bundle, do not link it)")
+            raise _symlink_error(p)
     if not mpath.is_file():
         raise BundleError(f"{root}: no manifest.json (not a bundle folder)")
     if not dpath.is_file():
-        raise BundleError(f"{root}: no {DIGEST_FILE} (the bundle digest); re-export the bundle")
+        raise BundleError(f"{root}: no {DIGEST_FILE} (the bundle digest)", "re-export the bundle", code=FAILED_CHECK)
     data, digest = mpath.read_bytes(), dpath.read_bytes()
     if not _DIGEST_LINE.fullmatch(digest):
-        raise BundleError(f"{dpath} is not one line '<64 hex digits>  manifest.json'; re-export the bundle")
+        raise BundleError(f"{dpath} is not one line '<64 hex digits>  manifest.json'", "re-export the bundle",
+                          code=FAILED_CHECK)
     if digest != digest_line(data):
-        raise BundleError(f"{mpath} was edited after export (digest mismatch with {DIGEST_FILE}); "
-                          "re-export the bundle")
+        raise BundleError(f"{mpath} was edited after export (digest mismatch with {DIGEST_FILE})",
+                          "re-export the bundle", code=FAILED_CHECK)
     return data
+
+
+def _symlink_error(path: Path) -> BundleError:
+    return BundleError(f"{path} is a symlink; bundle files must be regular files inside the bundle",
+                       "copy the bundle instead of linking its files", code=FAILED_CHECK)
 
 
 def sha256_file(path: Path) -> str:
@@ -215,8 +220,7 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
         linked = next((root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)
                        if root.joinpath(*rel.parts[:i]).is_symlink()), None)
         if linked is not None:
-            raise BundleError(f"{linked} is a symlink; bundle files must be regular files inside the bundle "
-                              "(copy the bundle, do not link it)")
+            raise _symlink_error(linked)
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in manifest.json)")
         size = path.stat().st_size

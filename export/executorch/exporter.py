@@ -26,8 +26,9 @@ from model.memory import with_memory_mode
 from model.stages import MethodSpec, Stage, example_inputs, method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
 from quantization.recipes import check_group_size as check_group_fits
-from runtime_py import thresholds
 from runtime_py.cli import OneLineParser, add_checkpoint_args, check_group_size, cli_main, finite_float, load_model
+from runtime_py.quiet import cpu_probe_quiet
+from runtime_py.thresholds import parity_section
 
 ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
 VAE_FP16_MIN_PSNR = 40.0  # the VAE decoder ships fp16 only if its image stays this close to fp32 eager
@@ -114,7 +115,9 @@ def used_parameters(ep) -> dict[str, int]:
 def run_method(data: bytes, name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     from executorch.runtime import Runtime
 
-    return list(Runtime.get().load_program(data).load_method(name).execute(inputs))
+    with cpu_probe_quiet():
+        method = Runtime.get().load_program(data).load_method(name)
+    return list(method.execute(inputs))
 
 
 def load_source(checkpoint: Path | None, schedule: str | None,
@@ -204,7 +207,6 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
                    schedule: str | None, root: Path, cfg: float) -> dict:
     import executorch.version
 
-    limits = thresholds.recipe_thresholds(recipe.name, recipe.plan)
     sizes = {c: (root / ARTIFACTS[c]).stat().st_size for c in COMPONENTS}
     kv = fmt.kv_cache_bytes(hart)
     # the AR program's plan includes the shared KV cache (its own memory id); count it once, separately
@@ -239,8 +241,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena, sizes["text_encoder"], arenas["text_encoder"],
                                       sum(v for c, v in arenas.items() if c != "text_encoder"),
                                       sum(arenas.values())),
-        "parity": {"recipe": recipe.name, "thresholds": thresholds.mode_thresholds(hart, limits),
-                   **thresholds.full_precision_thresholds(hart, recipe.name, {recipe.name: limits})},
+        "parity": parity_section("executorch", recipe.name, hart, recipe.plan),
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),
     }

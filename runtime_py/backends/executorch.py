@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from runtime_py.quiet import cpu_probe_quiet
+
 PTE_IDENTIFIER = b"ET12"  # flatbuffer file_identifier of executorch/schema/program.fbs, bytes 4..8
 
 
@@ -88,7 +90,9 @@ class ExecuTorchBackend:
         file, entry = self.methods[method]
         if file not in self.programs:
             self.programs[file] = self._load(file)
-        outs = self.programs[file].load_method(entry).execute([t.contiguous() for t in inputs])
+        with cpu_probe_quiet():
+            loaded = self.programs[file].load_method(entry)
+        outs = loaded.execute([t.contiguous() for t in inputs])
         return list(outs)
 
     def release(self, method: str) -> None:
