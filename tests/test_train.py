@@ -3,6 +3,7 @@ run (loss goes down on fixed evaluation batches, resume is exact, the artefact r
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -128,6 +129,8 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(trained):
     for name, fn, prev in (("vae", recon, None), ("ar", ce, "vae"), ("diffusion", eps, "ar")):
         before[name], after[name] = fn(_stage_model(trained, prev)), fn(_stage_model(trained, name))
     assert all(after[k] < 0.9 * before[k] for k in before), (before, after)
+    vae_sha = hashlib.sha256((trained / "state" / "vae.safetensors").read_bytes()).hexdigest()
+    assert json.loads((trained / "state" / "pool.json").read_text())["vae_sha256"] == vae_sha  # pool of this VAE
     for stage in ("vae", "ar", "diffusion"):
         assert (trained / f"loss_{stage}.png").stat().st_size > 1000
         assert json.loads((trained / "state" / f"{stage}.json").read_text())["step"] == getattr(plan, stage).steps

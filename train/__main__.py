@@ -50,22 +50,21 @@ def parse_args(argv):
 
 
 def model_for(stage: str, plan: Plan, out: Path, seed: int):
-    """Fresh model, then the newest earlier stage's weights (each state file holds the whole model)."""
+    """Fresh model with the previous stage's weights (each state file holds the whole model); a stage's
+    own state is only read by --resume (run_stage), so re-running a stage starts it over."""
     hart = new_model(plan.model, seed)
-    order = STAGES[: STAGES.index(stage) + 1][::-1]
-    for s in order:
-        f = out / "state" / f"{s}.safetensors"
-        if f.is_file() and (s != stage or (out / "state" / f"{s}.json").is_file()):
-            load_model_tensors(hart, load_file(str(f)))
-            return hart, s
-    if stage != "vae":
-        raise SystemExit(f"python -m train: error: stage {stage} needs the earlier stages' state in {out / 'state'}")
-    return hart, None
+    if stage == "vae":
+        return hart
+    prev = out / "state" / f"{STAGES[STAGES.index(stage) - 1]}.safetensors"
+    if not prev.is_file():
+        raise SystemExit(f"python -m train: error: stage {stage} needs {prev} (run the earlier stages first)")
+    load_model_tensors(hart, load_file(str(prev)))
+    return hart
 
 
 def run(stage: str, plan: Plan, out: Path, seed: int, resume: bool, progress: bool) -> Path:
     sp = plan.stage(stage)
-    hart, _ = model_for(stage, plan, out, seed)
+    hart = model_for(stage, plan, out, seed)
     if stage == "vae":
         fn = vae_step_fn(hart, plan, seed)
     else:

@@ -10,6 +10,7 @@ diffusion: residual head on the frozen AR's last-scale states, DDPM ε loss on t
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -163,9 +164,10 @@ def vae_report(hart: Hart, plan: Plan, seed: int, out: Path, n: int = 16) -> dic
 @torch.no_grad()
 def build_pool(hart: Hart, plan: Plan, seed: int, out: Path, progress: bool = True) -> dict:
     """Tokenize plan.pool training scenes (seeded stream after the VAE's scenes) → OUT/state/pool.*."""
-    path = out / "state" / "pool.safetensors"
-    if path.is_file():
-        return load_pool(out)
+    path, meta = out / "state" / "pool.safetensors", out / "state" / "pool.json"
+    vae_hash = hashlib.sha256((out / "state" / "vae.safetensors").read_bytes()).hexdigest()
+    if path.is_file() and meta.is_file() and json.loads(meta.read_text()).get("vae_sha256") == vae_hash:
+        return load_pool(out)  # tokenized by this very VAE state; anything else is rebuilt
     cfg, n, bs = hart.cfg, plan.pool, 16
     start = 1 << 28  # a stream region the VAE stage never reads
     idx_parts, res_parts, captions = [[] for _ in cfg.ar.patch_nums], [], []
@@ -181,7 +183,7 @@ def build_pool(hart: Hart, plan: Plan, seed: int, out: Path, progress: bool = Tr
     tensors["residual"] = torch.cat(res_parts)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(path))
-    (out / "state" / "pool.json").write_text(json.dumps({"captions": captions}) + "\n")
+    meta.write_text(json.dumps({"vae_sha256": vae_hash, "captions": captions}) + "\n")
     _log(out, "pool", {"scenes": n, "s_per_scene": (time.time() - t0) / n,
                        "cpu_s_per_scene": (time.process_time() - c0) / n})
     return load_pool(out)
