@@ -65,24 +65,24 @@ def cli_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 
 # ---- argument types (argparse turns their ValueError/ArgumentTypeError into a one-line exit 2) ----------
 
-def finite_float(s: str) -> float:
+def _checked(s: str, convert: Callable, kind: str, ok: Callable, why: str):
+    """convert(s) or a one-line argparse error: `s is not <kind>` / `s <why>` when not ok(value)."""
     try:
-        v = float(s)
+        v = convert(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{s!r} {why}")
     return v
+
+
+def finite_float(s: str) -> float:
+    return _checked(s, float, "a number", math.isfinite, "is not a finite number")
 
 
 def seed_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer seed") from None
-    if not 0 <= v < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{s} is outside [0, 2^63 - 1] (the portable RNG's seed range)")
-    return v
+    return _checked(s, int, "an integer seed", lambda v: 0 <= v < SEED_LIMIT,
+                    "is outside [0, 2^63 - 1] (the portable RNG's seed range)")
 
 
 def utf8_text(s: str) -> str:
