@@ -25,14 +25,15 @@ STAGES = ("vae", "ar", "diffusion")
 
 
 def parse_args(argv):
-    p = OneLineParser(prog="python -m train", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="python -m train", description="Train the model/ architecture on the procedural world "
+                      "(data/) in stages: VAE tokenizer, AR transformer, diffusion head; see docs/training.md.")
     p.add_argument("--stage", required=True, choices=(*STAGES, "all"), help="stage to run (all = vae, ar, diffusion)")
     p.add_argument("--out", type=Path, required=True, help="output folder (state/, loss_*.png, model/)")
     p.add_argument("--resume", action="store_true", help="continue a stage from OUT/state/<stage>.* if present")
     p.add_argument("--steps", type=int, default=None, help="override the plan's step count of each stage run")
     p.add_argument("--seed", type=int, default=TRAIN_SEED, help=f"data and init seed (default {TRAIN_SEED})")
     p.add_argument("--pool", type=int, default=None, help="override the number of tokenized scenes (timing runs)")
-    p.add_argument("--tiny", action="store_true", help="tiny 64 px model and plan (tests, smoke runs)")
+    p.add_argument("--tiny", action="store_true", help="tiny 32 px model and plan (tests, smoke runs)")
     p.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     a = p.parse_args(argv)

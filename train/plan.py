@@ -38,6 +38,8 @@ class Plan:
     vae: StagePlan = StagePlan(steps=900, batch=4, lr=1e-3)
     vae_crop_frac: float = 0.85  # first 85% of VAE steps on half-size crops (~3× cheaper per image)
     vae_crop_batch_mult: int = 2  # crops per step = 2 × batch
+    vae_continuous_frac: float = 0.15  # first 15% of VAE steps decode only the continuous latent (HART
+    # started from VAR's trained tokenizer; from scratch the decoder first has to learn colours at all)
     vae_scenes: int = 0  # >0: the VAE cycles over this many scenes (tests); 0: the infinite stream
     pool: int = 3072  # scenes tokenized once by the trained VAE for the AR and diffusion stages
     ar: StagePlan = StagePlan(steps=1200, batch=16, lr=1e-3)

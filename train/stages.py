@@ -93,6 +93,7 @@ def vae_step_fn(hart: Hart, plan: Plan, seed: int, restart_every: int = 25):
     hits = torch.zeros(cfg.vae.vocab_size)
 
     crop_steps = int(sp.steps * plan.vae_crop_frac)
+    warm_steps = int(sp.steps * plan.vae_continuous_frac)  # plain autoencoder first, then hybrid decoding
     crop_px = cfg.image_size // 2
     crop_nums = tuple(p for p in cfg.ar.patch_nums if p <= crop_px // cfg.vae.downsample)
 
@@ -109,7 +110,7 @@ def vae_step_fn(hart: Hart, plan: Plan, seed: int, restart_every: int = 25):
             nums = cfg.ar.patch_nums
         f = vae.img_to_f(x)
         tok = multiscale_quantize(vae, f, nums)
-        continuous = bool(torch.rand((), generator=gen) < 0.5)
+        continuous = step < warm_steps or bool(torch.rand((), generator=gen) < 0.5)
         f_dec = f if continuous else f + (tok.f_hat - f).detach()  # straight-through to the encoder
         rec = vae.decoder(vae.post_quant_conv(f_dec))
         l_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
