@@ -17,7 +17,16 @@ import torch
 from benchmarks.cost import method_costs
 from benchmarks.machine import PeakRSS, attainable_gflops, machine_info, measure_roofline
 from benchmarks.schema import SCHEMA, SCHEMA_VERSION, summarize, validate
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_out_file,
+    cli_main,
+    finite_float,
+    load_model,
+    seed_int,
+)
 
 PROMPT = "a lighthouse at dusk"
 
@@ -35,14 +44,12 @@ class _Timed:
         return out
 
 
-def eager_target(checkpoint: Path | None):
-    from model import load
-    from model.build import default_model
+def eager_target(checkpoint: Path | None, text_encoder: Path | None = None):
     from model.stages import method_specs
     from runtime_py.pipeline import EagerBackend, Pipeline
 
     t0 = time.perf_counter()
-    hart = default_model() if checkpoint is None else load(checkpoint)
+    hart = load_model(checkpoint, text_encoder)
     load_ms = (time.perf_counter() - t0) * 1e3
     pipe = Pipeline(method_specs(hart), EagerBackend(hart), hart.text.tokenizer)
     bits = {"text_encoder": 32, "ar_transformer": 32, "diffusion_head": 32, "vae_decoder": 32}
@@ -155,13 +162,13 @@ def chart(result: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m benchmarks.host", description=__doc__)
     p.add_argument("--bundle", type=Path, action="append", default=[], help="bundle folder (repeatable)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint of the eager baseline (default: seeded default)")
+    add_checkpoint_args(p, "checkpoint of the eager baseline (default: seeded default)")
     p.add_argument("--baseline", choices=["eager"], default="eager")
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
-    p.add_argument("--seed", type=int, default=7)
-    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--seed", type=seed_int, default=7)
+    p.add_argument("--cfg", type=finite_float, default=4.5)
     p.add_argument("--out", type=Path, required=True, help="results JSON (markdown and PNG written beside it)")
     a = p.parse_args(argv)
     if a.runs < 1 or a.warmup < 0 or a.threads < 1:
@@ -169,10 +176,12 @@ def main(argv: list[str] | None = None) -> int:
     for b in a.bundle:
         if not (b / "manifest.json").is_file():
             p.error(f"--bundle {b} has no manifest.json")
+    check_checkpoint_args(p, a)
+    check_out_file(p, "--out", a.out)
     torch.set_num_threads(a.threads)
     roof = measure_roofline()
     print(f"roofline: {roof['gemm_gflops']:.1f} GFLOP/s fp32 GEMM, {roof['bandwidth_gbs']:.1f} GB/s", file=sys.stderr)
-    pipe, cfg, base = eager_target(a.checkpoint)
+    pipe, cfg, base = eager_target(a.checkpoint, a.text_encoder)
     costs = method_costs(cfg)
     targets = [measure(pipe, base, costs, roof, a.runs, a.warmup, a.seed, a.cfg)]
     for b in a.bundle:

@@ -33,9 +33,11 @@ from pathlib import Path
 import torch
 
 from model.diffusion import VAE_SCALE
+from model.errors import UserError
 from model.hart import Hart
 from model.stages import MethodSpec
 from runtime_py.bundle import DIGEST_FILE, checkpoint_source, default_source, digest_line, sha256_file  # noqa: F401 - re-exported for exporters
+from runtime_py.cli import check_checkpoint_args
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSION = 1
@@ -140,8 +142,7 @@ def check_export_args(p, a, default_out: Path | None) -> None:
     old bundle."""
     if a.attn_chunk < 0:
         p.error(f"--attn-chunk must be >= 0 (0 = off), got {a.attn_chunk}")
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    check_checkpoint_args(p, a)
     a.out = a.out or default_out
     if a.out is not None:
         try:
@@ -178,12 +179,34 @@ def auto_plan(hart: Hart, a, backend: str, group_size: int) -> dict:
     from quantization.auto import search
 
     if a.plan is not None:
-        try:
-            return json.loads(a.plan.read_text())
-        except json.JSONDecodeError as e:
-            raise ValueError(f"--plan {a.plan} is not JSON ({e}); write one with python -m quantization.auto") from e
+        return read_plan(a.plan, backend, group_size)
     log = (lambda m: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
     return search(hart, a.budget, backend, group_size, log=log).to_json()
+
+
+def read_plan(path: Path, backend: str, group_size: int) -> dict:
+    """A saved auto plan (--plan): untrusted JSON, checked for the fields the exporters and the gate read."""
+    from quantization.auto import SCHEMES
+
+    fix = f"write one with python -m quantization.auto --backend {backend} --group-size {group_size}"
+    try:
+        plan = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise UserError(f"--plan {path} is not a readable JSON file ({e})", fix) from None
+    if not isinstance(plan, dict):
+        raise UserError(f"--plan {path}: expected a JSON object, got {type(plan).__name__}", fix)
+    layers, budget = plan.get("layers"), plan.get("budget")
+    problem = (
+        f"searched for backend {plan.get('backend')!r}, not {backend}" if plan.get("backend") != backend else
+        f"group_size {plan.get('group_size')!r}, the export uses {group_size}" if plan.get("group_size") != group_size
+        else f"budget {budget!r} is not a token agreement in (0, 1]"
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not 0 < budget <= 1
+        else "layers must be a non-empty object {layer: scheme}" if not isinstance(layers, dict) or not layers
+        else f"schemes must be among {', '.join(SCHEMES[backend])}"
+        if not all(isinstance(k, str) and v in SCHEMES[backend] for k, v in layers.items()) else None)
+    if problem:
+        raise UserError(f"--plan {path}: {problem}", fix)
+    return plan
 
 
 # ---- golden tensors ---------------------------------------------------------------------------

@@ -36,7 +36,17 @@ from torch import nn
 from model.hart import Hart
 from model.stages import method_specs
 from quantization.recipes import AR_KEEP_PREFIXES
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_group_size,
+    check_out_file,
+    cli_main,
+    finite_float,
+    load_model,
+)
+from runtime_py.images import write_atomic
 
 SCHEMES = {"executorch": ("8da4w", "8da8w", "fp32"), "coreml": ("int4", "int8", "fp16")}
 CALIBRATION = (("a bowl of ramen on a wooden table", 101), ("a snowy mountain village at night", 202))
@@ -321,25 +331,22 @@ def upgrade_path(us: list[Unit], noise: dict, schemes: tuple[str, str, str], gro
 @cli_main("python -m quantization.auto")
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m quantization.auto", description=__doc__.split("\n\n")[0])
-    p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint (default: seeded default model)")
+    add_checkpoint_args(p, "official-layout checkpoint (default: seeded default model)")
     p.add_argument("--backend", choices=sorted(SCHEMES), default="executorch")
-    p.add_argument("--budget", type=float, required=True,
+    p.add_argument("--budget", type=finite_float, required=True,
                    help="minimum teacher-forced token agreement with fp32 eager, e.g. 0.9")
-    p.add_argument("--margin", type=float, default=DEFAULT_MARGIN, help="aim this far above the budget")
+    p.add_argument("--margin", type=finite_float, default=DEFAULT_MARGIN, help="aim this far above the budget")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--out", type=Path, required=True, help="plan file to write (JSON)")
     a = p.parse_args(argv)
     if not 0 < a.budget <= 1:
         p.error(f"--budget is a token agreement in (0, 1], got {a.budget}")
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder")
-    from model import load
-    from model.build import default_model
-
-    hart = default_model() if a.checkpoint is None else load(a.checkpoint)
+    check_group_size(p, a.group_size)
+    check_checkpoint_args(p, a)
+    check_out_file(p, "--out", a.out)
+    hart = load_model(a.checkpoint, a.text_encoder)
     plan = search(hart, a.budget, a.backend, a.group_size, a.margin, log=lambda m: print(m, file=sys.stderr))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(plan.to_json(), indent=1) + "\n")
+    write_atomic(a.out, (json.dumps(plan.to_json(), indent=1) + "\n").encode())
     print(f"plan {a.out}: {plan.counts()}, calibration agreement {plan.measured_agreement:.4f}, "
           f"AR weights {plan.ar_weight_bytes / 1e6:.2f} MB in {plan.seconds} s")
     return 0

@@ -18,7 +18,16 @@ from pathlib import Path
 from model.hart import Hart
 from quantization import auto
 from quantization.sensitivity import write_results
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_group_size,
+    check_out_dir,
+    cli_main,
+    finite_float,
+    load_model,
+)
 
 
 def measure(hart: Hart, layers: dict[str, str], ref: auto.Reference, group_size: int) -> dict:
@@ -111,10 +120,10 @@ def synthetic_0p7b(path: Path, schedule: str = "512px") -> Path:
 def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m quantization.curve", description=__doc__.split("\n\n")[0])
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path, help="official-layout checkpoint (default: seeded default model)")
+    add_checkpoint_args(p, "official-layout checkpoint (default: seeded default model)", src)
     src.add_argument("--synthetic-0p7b", type=Path, metavar="DIR",
                      help="write (if absent) and measure a random-weight 0.7B-architecture checkpoint here")
-    p.add_argument("--budgets", type=float, nargs="+", default=[0.8, 0.9])
+    p.add_argument("--budgets", type=finite_float, nargs="+", default=[0.8, 0.9])
     p.add_argument("--backend", choices=sorted(auto.SCHEMES), default="executorch")
     p.add_argument("--group-size", type=int, default=32)
     p.add_argument("--granularity", default="kind",
@@ -127,19 +136,20 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     if any(not 0 < b <= 1 for b in a.budgets):
         p.error(f"--budgets are token agreements in (0, 1], got {a.budgets}")
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder")
+    check_group_size(p, a.group_size)
+    check_checkpoint_args(p, a)
+    check_out_dir(p, "--out", a.out)
     if a.granularity not in ("kind", "block") and not (a.granularity.startswith("blocks")
                                                         and a.granularity[6:].isdigit() and int(a.granularity[6:]) > 0):
         p.error(f"--granularity must be kind, block or blocksN, got {a.granularity!r}")
     from model import load
-    from model.build import default_model, with_patch_nums
+    from model.build import with_patch_nums
 
     t0 = time.perf_counter()
     if a.synthetic_0p7b is not None:
         hart = load(synthetic_0p7b(a.synthetic_0p7b), prefer_ema=False)  # safetensors: mapped, less transient RAM
     else:
-        hart = default_model() if a.checkpoint is None else load(a.checkpoint)
+        hart = load_model(a.checkpoint, a.text_encoder)
     if a.scales:
         if not 2 <= a.scales <= len(hart.cfg.ar.patch_nums):
             p.error(f"--scales must be in [2, {len(hart.cfg.ar.patch_nums)}], got {a.scales}")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
+from model.errors import UserError
 from model.hart import Hart
 
 RECIPES = ("fp32", "8da8w", "8da4w", "auto")  # auto: per-layer AR plan from quantization/auto.py
@@ -84,6 +85,19 @@ def component_schemes(recipe: str, vae_dtype: str) -> dict[str, str]:
     return {"text_encoder": "8da8w", "ar_transformer": recipe, "diffusion_head": "fp16", "vae_decoder": vae_dtype}
 
 
+def check_group_size(hart: Hart, group_size: int) -> None:
+    """Per-group int4 quantizes a Linear only if the group size divides its in_features; a group size that
+    misses the transformer blocks' widths (attention and MLP) would silently ship a mostly-fp32 "8da4w"
+    bundle, so it is refused. Small side layers (e.g. a 16-wide word_embed) may still stay fp32, as listed."""
+    widths = sorted({m.in_features for n, m in hart.ar.named_modules()
+                     if isinstance(m, nn.Linear) and n.startswith("blocks.")})
+    misfit = [w for w in widths if w % group_size]
+    if misfit:
+        fits = [g for g in (16, 32, 64, 128, 256) if all(w % g == 0 for w in widths)]
+        raise UserError(f"--group-size {group_size} does not divide the transformer block widths {misfit} "
+                        f"(int4 groups would leave those layers fp32)", f"use one of {fits}" if fits else "use 32")
+
+
 def check_plan(hart: Hart, plan: dict, group_size: int) -> dict[str, str]:
     """The plan's {layer: scheme}, after checking it fits this model and these exporter settings."""
     layers = plan.get("layers") or {}
@@ -139,6 +153,8 @@ def apply_recipe(hart: Hart, recipe: str, group_size: int = 32, vae_dtype: str =
     if (recipe == "auto") != (plan is not None):
         raise ValueError("the auto recipe needs a plan (quantization.auto), and only it takes one")
     layers = check_plan(hart, plan, group_size) if plan is not None else {}
+    if recipe == "8da4w" or "8da4w" in layers.values():
+        check_group_size(hart, group_size)
     q = copy.deepcopy(hart).eval().requires_grad_(False)
     out = Recipe(recipe, group_size, plan=plan)
     for comp, scheme in component_schemes(recipe, vae_dtype).items():

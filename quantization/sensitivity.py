@@ -20,7 +20,18 @@ from torch import nn
 from model.hart import Hart
 from model.stages import method_specs
 from quantization.recipes import AR_KEEP_PREFIXES, torchao_config
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_group_size,
+    check_out_dir,
+    cli_main,
+    finite_float,
+    load_model,
+    seed_int,
+    utf8_text,
+)
 from runtime_py.pipeline import EagerBackend, Pipeline
 
 KINDS = {  # linear kind -> FQN predicate
@@ -170,22 +181,18 @@ def main(argv: list[str] | None = None) -> int:
     from tqdm import tqdm
 
     p = OneLineParser(prog="python -m quantization.sensitivity", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint (default: seeded default model)")
+    add_checkpoint_args(p, "official-layout checkpoint (default: seeded default model)")
     p.add_argument("--recipe", choices=["8da4w", "8da8w"], default="8da4w")
     p.add_argument("--group-size", type=int, default=32)
-    p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
-    p.add_argument("--prompt", default="a lighthouse at dusk")
-    p.add_argument("--cfg", type=float, default=4.5)
+    p.add_argument("--seeds", type=seed_int, nargs="+", default=[1, 2])
+    p.add_argument("--prompt", type=utf8_text, default="a lighthouse at dusk")
+    p.add_argument("--cfg", type=finite_float, default=4.5)
     p.add_argument("--out", type=Path, required=True, help="output folder (sensitivity.json, .md, .png)")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder")
-    if a.group_size < 1:
-        p.error("--group-size must be >= 1")
-    from model import load
-    from model.build import default_model
-
-    hart = default_model() if a.checkpoint is None else load(a.checkpoint)
+    check_group_size(p, a.group_size)
+    check_checkpoint_args(p, a)
+    check_out_dir(p, "--out", a.out)
+    hart = load_model(a.checkpoint, a.text_encoder)
     res = run(hart, a.recipe, a.group_size, a.prompt, a.seeds, a.cfg,
               progress=lambda it, d: tqdm(list(it), desc=d, file=sys.stderr))
     print(write_results(a.out, "sensitivity", res, markdown(res), chart))

@@ -19,15 +19,18 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-from model.config import DEFAULT_SEED
-from model.errors import UserError
-from model.stages import MethodSpec, TensorSpec
-from model.tokenizer import PromptTokenizer
+from model.errors import FAILED_CHECK, UserError
 from runtime_py.manifest_schema import manifest_problem
+
+if TYPE_CHECKING:  # torch and the model code load only when a bundle is used, not to validate one
+    import torch
+
+    from model.stages import MethodSpec, TensorSpec
+    from model.tokenizer import PromptTokenizer
 
 FORMAT = "hart-mobile-bundle"
 SCHEMA_VERSIONS = (1,)
@@ -55,23 +58,28 @@ def digest_line(manifest_bytes: bytes) -> bytes:
 
 def read_manifest_bytes(root: Path) -> bytes:
     """manifest.json's bytes, checked against manifest.sha256 (one read: the bytes hashed are the
-    bytes parsed)."""
+    bytes parsed). A bundle that fails this was edited or damaged: a failed check, exit code 1."""
     mpath, dpath = root / "manifest.json", root / DIGEST_FILE
     for p in (mpath, dpath):
         if p.is_symlink():
-            raise BundleError(f"{p} is a symlink; bundle files must be regular files inside the bundle "
-                              "(copy the bundle, do not link it)")
+            raise _symlink_error(p)
     if not mpath.is_file():
         raise BundleError(f"{root}: no manifest.json (not a bundle folder)")
     if not dpath.is_file():
-        raise BundleError(f"{root}: no {DIGEST_FILE} (the bundle digest); re-export the bundle")
+        raise BundleError(f"{root}: no {DIGEST_FILE} (the bundle digest)", "re-export the bundle", code=FAILED_CHECK)
     data, digest = mpath.read_bytes(), dpath.read_bytes()
     if not _DIGEST_LINE.fullmatch(digest):
-        raise BundleError(f"{dpath} is not one line '<64 hex digits>  manifest.json'; re-export the bundle")
+        raise BundleError(f"{dpath} is not one line '<64 hex digits>  manifest.json'", "re-export the bundle",
+                          code=FAILED_CHECK)
     if digest != digest_line(data):
-        raise BundleError(f"{mpath} was edited after export (digest mismatch with {DIGEST_FILE}); "
-                          "re-export the bundle")
+        raise BundleError(f"{mpath} was edited after export (digest mismatch with {DIGEST_FILE})",
+                          "re-export the bundle", code=FAILED_CHECK)
     return data
+
+
+def _symlink_error(path: Path) -> BundleError:
+    return BundleError(f"{path} is a symlink; bundle files must be regular files inside the bundle",
+                       "copy the bundle instead of linking its files", code=FAILED_CHECK)
 
 
 def sha256_file(path: Path) -> str:
@@ -90,6 +98,8 @@ def _safe_rel(name: str) -> PurePosixPath:
 
 
 def _tensor_spec(d: dict) -> TensorSpec:
+    from model.stages import TensorSpec
+
     return TensorSpec(d["name"], tuple(int(x) for x in d["shape"]), d["dtype"], d.get("source", "env"),
                       d.get("rng", {}))
 
@@ -128,6 +138,8 @@ class Bundle:
 
     @property
     def specs(self) -> list[MethodSpec]:
+        from model.stages import MethodSpec
+
         return [MethodSpec(m["name"], m["component"], tuple(_tensor_spec(t) for t in m["inputs"]),
                            tuple(_tensor_spec(t) for t in m["outputs"])) for m in self.manifest["methods"]]
 
@@ -140,6 +152,8 @@ class Bundle:
         return self.manifest.get("parity", {}).get("thresholds", {})
 
     def tokenizer(self) -> PromptTokenizer:
+        from model.tokenizer import PromptTokenizer
+
         t = self.manifest["tokenizer"]
         try:
             return PromptTokenizer.from_file(self.root / t["file"], max_tokens=t["max_tokens"],
@@ -150,6 +164,8 @@ class Bundle:
 
     def golden(self) -> dict[tuple[str, str], list[torch.Tensor]]:
         """{(method, "in"|"out"): tensors in spec order} from golden/index.json (hashes already checked)."""
+        import torch
+
         index = json.loads((self.root / "golden" / "index.json").read_text())
         out: dict[tuple[str, str], list[torch.Tensor]] = {}
         for e in sorted(index["tensors"], key=lambda e: e["index"]):
@@ -204,8 +220,7 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
         linked = next((root.joinpath(*rel.parts[:i]) for i in range(1, len(rel.parts) + 1)
                        if root.joinpath(*rel.parts[:i]).is_symlink()), None)
         if linked is not None:
-            raise BundleError(f"{linked} is a symlink; bundle files must be regular files inside the bundle "
-                              "(copy the bundle, do not link it)")
+            raise _symlink_error(linked)
         if not path.is_file():
             raise BundleError(f"{path}: missing (listed in manifest.json)")
         size = path.stat().st_size
@@ -218,17 +233,22 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
 def open_pipeline(bundle_dir: str | Path, backend=None, progress=None):
     """(Pipeline, Bundle) for a bundle folder; `backend` overrides the manifest's choice."""
     from runtime_py.backends import create_backend
+
+    bundle = Bundle.open(bundle_dir)  # before torch is imported: a bad bundle fails fast
+    tokenizer = bundle.tokenizer()  # then the cheap checks: a bad tokenizer is reported before programs load
+    be = backend if backend is not None else create_backend(bundle)
     from runtime_py.pipeline import Pipeline
 
-    bundle = Bundle.open(bundle_dir)
-    be = backend if backend is not None else create_backend(bundle)
-    return Pipeline(bundle.specs, be, bundle.tokenizer(), progress=progress), bundle
+    return Pipeline(bundle.specs, be, tokenizer, progress=progress), bundle
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")
 
 
-def default_source(seed: int = DEFAULT_SEED) -> dict:
+def default_source(seed: int | None = None) -> dict:
+    from model.config import DEFAULT_SEED
+
+    seed = DEFAULT_SEED if seed is None else seed
     return {"kind": "default-seeded", "seed": seed, "config": "default"}
 
 

@@ -65,24 +65,24 @@ def cli_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
 
 # ---- argument types (argparse turns their ValueError/ArgumentTypeError into a one-line exit 2) ----------
 
-def finite_float(s: str) -> float:
+def _checked(s: str, convert: Callable, kind: str, ok: Callable, why: str):
+    """convert(s) or a one-line argparse error: `s is not <kind>` / `s <why>` when not ok(value)."""
     try:
-        v = float(s)
+        v = convert(s)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not a number") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"{s!r} is not a finite number")
+        raise argparse.ArgumentTypeError(f"{s!r} is not {kind}") from None
+    if not ok(v):
+        raise argparse.ArgumentTypeError(f"{s!r} {why}")
     return v
+
+
+def finite_float(s: str) -> float:
+    return _checked(s, float, "a number", math.isfinite, "is not a finite number")
 
 
 def seed_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{s!r} is not an integer seed") from None
-    if not 0 <= v < SEED_LIMIT:
-        raise argparse.ArgumentTypeError(f"{s} is outside [0, 2^63 - 1] (the portable RNG's seed range)")
-    return v
+    return _checked(s, int, "an integer seed", lambda v: 0 <= v < SEED_LIMIT,
+                    "is outside [0, 2^63 - 1] (the portable RNG's seed range)")
 
 
 def utf8_text(s: str) -> str:
@@ -121,3 +121,45 @@ def _check_writable_parent(p: argparse.ArgumentParser, flag: str, path: Path) ->
         os.unlink(probe)
     except OSError as e:
         p.error(f"{flag} {path}: cannot write in {parent} ({e.strerror}); choose another path")
+
+
+# ---- --checkpoint / --text-encoder (every CLI that loads an official-layout checkpoint) ------------------
+
+def add_checkpoint_args(p: argparse.ArgumentParser, help: str, group=None) -> None:
+    """--checkpoint DIR (in `group` if given, e.g. a mutually exclusive one) and --text-encoder DIR,
+    the official sample.py's --text_model_path: Qwen2 often lives in its own folder."""
+    (group or p).add_argument("--checkpoint", type=Path, help=help)
+    p.add_argument("--text-encoder", type=Path,
+                   help="Qwen2 text-encoder folder for --checkpoint (default: CHECKPOINT/text_encoder or "
+                        "CHECKPOINT/Qwen2-VL-1.5B-Instruct)")
+
+
+def check_checkpoint_args(p: argparse.ArgumentParser, a: argparse.Namespace) -> None:
+    if a.checkpoint is not None and not a.checkpoint.is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
+    if a.text_encoder is not None and a.checkpoint is None:
+        p.error("--text-encoder goes with --checkpoint (the default model and bundles carry their own)")
+    if a.text_encoder is not None and not a.text_encoder.is_dir():
+        p.error(f"--text-encoder {a.text_encoder} is not a folder (expected a Qwen2 folder with config.json)")
+
+
+def load_model(checkpoint: Path | None, text_encoder: Path | None = None):
+    """The seeded default model, or the checkpoint with its text encoder (UserError, exit 2, without one:
+    text-to-image needs it)."""
+    from model import load
+    from model.build import default_model
+
+    if checkpoint is None:
+        return default_model()
+    hart = load(checkpoint, text_encoder=text_encoder)
+    if hart.text is None:
+        raise UserError(f"--checkpoint {checkpoint} has no text encoder folder (text_encoder/ or "
+                        "Qwen2-VL-1.5B-Instruct/)", "pass --text-encoder DIR (a Qwen2 folder)")
+    return hart
+
+
+def check_group_size(p: argparse.ArgumentParser, group_size: int, flag: str = "--group-size") -> None:
+    """Per-group int4 needs a positive even group; whether it divides the layer widths is checked against
+    the model (quantization.recipes.check_group_size) once it is loaded."""
+    if group_size <= 0 or group_size % 2:
+        p.error(f"{flag} must be a positive even number, got {group_size}")

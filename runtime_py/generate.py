@@ -10,7 +10,17 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from runtime_py.cli import OneLineParser, UserError, check_out_file, cli_main, finite_float, seed_int, utf8_text
+from runtime_py.cli import (
+    OneLineParser,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_out_file,
+    cli_main,
+    finite_float,
+    load_model,
+    seed_int,
+    utf8_text,
+)
 
 PROG = "python -m runtime_py.generate"
 
@@ -29,11 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--top-p", type=finite_float, default=None, help="top-p in (0, 1]; 0 disables (eager only)")
     p.add_argument("--hard", action="store_true", help="hard token embeddings instead of Gumbel-soft (eager only)")
     src = p.add_mutually_exclusive_group()
-    src.add_argument("--checkpoint", type=Path,
-                     help="checkpoint folder in the official layout (default: seeded default model)")
+    add_checkpoint_args(p, "checkpoint folder in the official layout (default: seeded default model)", src)
     src.add_argument("--bundle", type=Path, help="exported bundle folder (manifest.json)")
-    p.add_argument("--text-encoder", type=Path, help="Qwen2 text-encoder folder for --checkpoint (default: "
-                   "CHECKPOINT/text_encoder or CHECKPOINT/Qwen2-VL-1.5B-Instruct), as sample.py --text_model_path")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG path (written atomically)")
     p.add_argument("--unload-text-encoder", action="store_true",
                    help="bundles: release the text encoder program after encoding (lower peak; same image)")
@@ -41,12 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     a = p.parse_args(argv)
     if not a.prompt.strip():
         p.error("--prompt is empty: give the text to draw, e.g. --prompt 'a lighthouse at dusk'")
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder (expected llm/ and tokenizer/ inside)")
-    if a.text_encoder is not None and a.checkpoint is None:
-        p.error("--text-encoder goes with --checkpoint (the default model and bundles carry their own)")
-    if a.text_encoder is not None and not a.text_encoder.is_dir():
-        p.error(f"--text-encoder {a.text_encoder} is not a folder (expected a Qwen2 folder with config.json)")
+    check_checkpoint_args(p, a)
     if a.bundle is not None and not (a.bundle / "manifest.json").is_file():
         p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
     if a.top_k is not None and a.top_k < 1:
@@ -62,16 +64,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | None, hard: bool, progress,
                    text_encoder: Path | None = None):
     """Pipeline over the eager model's stage functions (sampling overrides applied to the config)."""
-    from model import load
-    from model.build import default_model
     from model.hart import Hart
     from model.stages import method_specs
     from runtime_py.pipeline import EagerBackend, Pipeline
 
-    hart = default_model() if checkpoint is None else load(checkpoint, text_encoder=text_encoder)
-    if hart.text is None:
-        raise UserError(f"--checkpoint {checkpoint} has no text encoder folder (text_encoder/ or "
-                        "Qwen2-VL-1.5B-Instruct/)", "pass --text-encoder DIR (a Qwen2 folder)")
+    hart = load_model(checkpoint, text_encoder)
     sampler = hart.cfg.sampler
     if top_k is not None:
         sampler = replace(sampler, top_k_early=top_k, top_k_late=top_k)

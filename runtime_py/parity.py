@@ -37,6 +37,7 @@ is reported next to it.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sys
 import time
@@ -49,8 +50,18 @@ from model.hart import Hart, gumbel_from_uniform
 from model.memory import with_memory_mode
 from model.stages import MethodSpec, is_split, method_specs, split_method_specs
 from runtime_py.bundle import Bundle, checkpoint_source
-from runtime_py.cli import OneLineParser, UserError, check_out_dir, cli_main
+from runtime_py.cli import (
+    FAILED_CHECK,
+    OneLineParser,
+    UserError,
+    add_checkpoint_args,
+    check_checkpoint_args,
+    check_out_dir,
+    cli_main,
+    load_model,
+)
 from runtime_py.pipeline import EagerBackend, Generation, Pipeline
+from runtime_py.thresholds import looser_than_documented, manifest_plan, parity_section
 
 RUNS = (("a red fox standing in fresh snow", 11), ("an empty prompt test", 3))  # not the golden prompt
 INF = 999.0
@@ -246,7 +257,6 @@ def end_to_end(pipe: Pipeline, hart: Hart, refs: list[tuple[Generation, dict]], 
 
 def reference_model(bundle: Bundle, checkpoint: Path | None, text_encoder: Path | None = None) -> Hart:
     """The fp32 eager model the manifest says the bundle came from, on the bundle's schedule."""
-    from model import load
     from model.build import build, with_patch_nums
     from model.config import default_config
 
@@ -262,7 +272,7 @@ def reference_model(bundle: Bundle, checkpoint: Path | None, text_encoder: Path 
         if checkpoint_source(checkpoint)["weights"] != src["weights"]:
             raise UserError(f"{checkpoint}: weight files differ from the ones the bundle was exported from",
                             "pass the checkpoint the bundle was exported from")
-        hart = load(checkpoint, text_encoder=text_encoder)
+        hart = load_model(checkpoint, text_encoder)
     mode = bundle.manifest.get("memory", {}).get("mode", {})
     mode = mode.get("reference_mode", mode)  # Core ML: fp16 states, golden/ from the fp32-cache model
     return with_memory_mode(with_patch_nums(hart, patch_nums), mode.get("kv_cache"), mode.get("attn_chunk"))
@@ -319,6 +329,31 @@ def contract_check(bundle: Bundle, hart: Hart) -> None:
                         "re-export the bundle from this model")
 
 
+def checked_thresholds(bundle: Bundle, hart: Hart) -> dict:
+    """The manifest's thresholds, once they are known to be at least as strict as the documented ones
+    for its backend, recipe and memory mode (runtime_py/thresholds.py): the manifest is not signed, so
+    the gate does not take its word for its own limits. Looser, missing or unknown limits: exit 1."""
+    m = bundle.manifest
+    parity = m.get("parity") or {}
+    if not parity.get("thresholds"):
+        raise UserError(f"{bundle.root}: manifest has no parity thresholds", "re-export the bundle")
+    recipe = parity.get("recipe")
+    text = (((m.get("quantization") or {}).get("components") or {}).get("text_encoder") or {}).get("dtype")
+    try:
+        documented = parity_section(bundle.backend, recipe, hart, manifest_plan(m), text or "int8")
+    except (KeyError, TypeError, ValueError, AttributeError, StopIteration):
+        raise UserError(f"{bundle.root}/manifest.json: parity recipe {recipe!r} has no documented thresholds for "
+                        f"backend {bundle.backend!r}", "re-export the bundle", code=FAILED_CHECK) from None
+    problems = looser_than_documented(parity, documented)
+    if problems:
+        more = f" and {len(problems) - 3} more" if len(problems) > 3 else ""
+        raise UserError(f"{bundle.root}/manifest.json: parity thresholds are looser than documented for "
+                        f"{bundle.backend} {recipe} ({'; '.join(problems[:3])}{more})",
+                        "re-export the bundle; the gate accepts only limits at least as strict as "
+                        "runtime_py/thresholds.py", code=FAILED_CHECK)
+    return parity["thresholds"]
+
+
 def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None,
                text_encoder: Path | None = None) -> dict:
     from runtime_py.backends import create_backend
@@ -326,9 +361,7 @@ def run_parity(bundle_dir: Path, checkpoint: Path | None = None, backend=None,
     bundle = Bundle.open(bundle_dir)
     hart = reference_model(bundle, checkpoint, text_encoder)
     contract_check(bundle, hart)
-    limits = bundle.thresholds
-    if not limits:
-        raise UserError(f"{bundle_dir}: manifest has no parity thresholds", "re-export the bundle")
+    limits = checked_thresholds(bundle, hart)
     be = backend if backend is not None else create_backend(bundle)
     cfg = bundle.default_cfg
     report: dict = {"bundle": str(bundle_dir), "backend": be.name, "recipe": bundle.manifest["parity"]["recipe"],
@@ -379,15 +412,17 @@ def write_report(report: dict, folder: Path) -> None:
     import numpy as np
     from PIL import Image
 
-    from runtime_py.images import to_uint8
+    from runtime_py.images import to_uint8, write_atomic
 
     folder.mkdir(parents=True, exist_ok=True)
     images = report.pop("_images", [])
-    (folder / "parity.json").write_text(json.dumps(report, indent=1) + "\n")
-    (folder / "parity.md").write_text(markdown(report))
+    write_atomic(folder / "parity.json", (json.dumps(report, indent=1) + "\n").encode())  # each file whole or absent
+    write_atomic(folder / "parity.md", markdown(report).encode())
     if images:
         rows = [np.concatenate([to_uint8(a[0]), to_uint8(b[0])], axis=1) for a, b in images]
-        Image.fromarray(np.concatenate(rows, axis=0)).save(folder / "parity.png")
+        buf = io.BytesIO()
+        Image.fromarray(np.concatenate(rows, axis=0)).save(buf, format="PNG")
+        write_atomic(folder / "parity.png", buf.getvalue())
 
 
 def _manifest_backend(bundle_dir: Path) -> str | None:
@@ -403,14 +438,10 @@ def main(argv: list[str] | None = None) -> int:
     p = OneLineParser(prog="python -m runtime_py.parity",
                       description="Check an exported bundle against eager PyTorch (exit 1 if a threshold fails).")
     p.add_argument("--bundle", type=Path, required=True, help="bundle folder (manifest.json)")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint the bundle was exported from (if not default-seeded)")
-    p.add_argument("--text-encoder", type=Path, help="Qwen2 text-encoder folder for --checkpoint (default: inside it)")
+    add_checkpoint_args(p, "checkpoint the bundle was exported from (if not default-seeded)")
     p.add_argument("--report", type=Path, help="write parity.json, parity.md and parity.png here")
     a = p.parse_args(argv)
-    if a.checkpoint is not None and not a.checkpoint.is_dir():
-        p.error(f"--checkpoint {a.checkpoint} is not a folder")
-    if a.text_encoder is not None and (a.checkpoint is None or not a.text_encoder.is_dir()):
-        p.error(f"--text-encoder {a.text_encoder} must be a folder and goes with --checkpoint")
+    check_checkpoint_args(p, a)
     if not (a.bundle / "manifest.json").is_file():
         p.error(f"--bundle {a.bundle} has no manifest.json (export one with python -m export.executorch)")
     if a.report is not None:
@@ -418,11 +449,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     if _manifest_backend(a.bundle) == "coreml":  # Core ML can't execute off macOS: its own section of checks
         from runtime_py.coreml.parity import coreml_section, print_section
+        from runtime_py.images import write_atomic
 
         sec = coreml_section(a.bundle, a.checkpoint, a.text_encoder)
         if a.report:
             a.report.mkdir(parents=True, exist_ok=True)
-            (a.report / "parity.json").write_text(json.dumps(sec, indent=1) + "\n")
+            write_atomic(a.report / "parity.json", (json.dumps(sec, indent=1) + "\n").encode())
         print_section(sec)
         return 0 if sec["status"] == "PASS" else 1
     report = run_parity(a.bundle, a.checkpoint, text_encoder=a.text_encoder)

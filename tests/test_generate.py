@@ -48,7 +48,7 @@ def test_prompt_changes_the_image(tmp_path):
 
 @pytest.mark.parametrize("args,needle", [
     (["--prompt", "   "], "--prompt is empty"),
-    (["--prompt", "x", "--seed", "-3"], "-3 is outside [0, 2^63 - 1]"),
+    (["--prompt", "x", "--seed", "-3"], "'-3' is outside [0, 2^63 - 1]"),
     (["--prompt", "x", "--checkpoint", "/definitely/not/here"], "is not a folder"),
     (["--prompt", "x", "--bundle", "/definitely/not/here"], "has no manifest.json"),
     (["--prompt", "x", "--top-p", "1.5"], "--top-p must be in [0, 1]"),

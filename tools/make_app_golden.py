@@ -11,6 +11,8 @@ Contents (everything computed by the Python reference code, nothing hand-typed):
   full tokenizer.json and the ids `tokenizers` gives for prompts incl. non-ASCII and odd whitespace.
 - `pixels`: float -> uint8 (runtime_py.images.to_uint8: trunc(clamp(x,0,1)*255) in float32) cases and
   one small CHW image with its RGBA bytes and ARGB ints.
+- `bundle_digest`: manifest.json and manifest.sha256 exactly as export/bundle.py write_manifest writes
+  them (the contract above plus the documented 8da4w parity section), for the apps' digest check.
 - `run`: one full eager generation (prompt, seed, cfg) with every method's inputs and outputs,
   shrunk: small tensors in full, large ones as a fingerprint (first/last 16 values, sequential
   float64 sum, sum of |x|, max |x|), and every scale's sampled `idx` tokens in full.
@@ -209,6 +211,20 @@ def recorded_run(hart, specs) -> dict:
     }
 
 
+def bundle_digest_case(specs, hart) -> dict:
+    """The exporter's own writer on a manifest with real float thresholds; the apps hash these bytes."""
+    import tempfile
+
+    from export.bundle import FORMAT, write_manifest
+    from runtime_py.thresholds import parity_section
+
+    manifest = {"format": FORMAT, **manifest_json(specs, hart), "parity": parity_section("executorch", "8da4w", hart)}
+    with tempfile.TemporaryDirectory() as d:
+        write_manifest(Path(d), manifest)
+        return {"manifest_json": (Path(d) / "manifest.json").read_bytes().decode("utf-8"),
+                "manifest_sha256": (Path(d) / "manifest.sha256").read_bytes().decode("utf-8")}
+
+
 def build() -> dict:
     torch.manual_seed(0)
     hart = default_model()
@@ -223,6 +239,7 @@ def build() -> dict:
         "tokenizers": [tokenizer_cases("byte_level", byte_level_tokenizer()),
                        tokenizer_cases("qwen2_style_bpe", qwen2_style_tokenizer())],
         "pixels": pixel_cases(),
+        "bundle_digest": bundle_digest_case(specs, hart),
         "run": recorded_run(hart, specs),
     }
 

@@ -26,7 +26,7 @@ from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
 from model.stages import method_specs
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import OneLineParser, add_checkpoint_args, cli_main, finite_float, load_model
 from runtime_py.coreml.conventions import param_index
 
 
@@ -181,11 +181,11 @@ def print_summary(rep: Report, out: Path) -> None:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m export.coreml",
                       description="Export HART to a Core ML bundle (multifunction AR with KV states, iOS18).")
-    p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint folder (default: seeded default model)")
+    add_checkpoint_args(p, "official-layout checkpoint folder (default: seeded default model)")
     p.add_argument("--quant", choices=(*cc.QUANT_CHOICES, "auto"), default="int4",
                    help="AR weights: int4 per-block (default), int8 per-channel, fp16, or auto = per-layer "
                         "int4/int8/fp16 plan meeting --budget")
-    p.add_argument("--budget", type=float,
+    p.add_argument("--budget", type=finite_float,
                    help="auto: minimum teacher-forced token agreement with fp32 eager (0-1], checked by the gate")
     p.add_argument("--plan", type=Path,
                    help="auto: reuse a plan written by python -m quantization.auto --backend coreml")
@@ -221,10 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = a.out or Path("bundles") / f"coreml-{a.quant}"
     try:
-        from model import load
-        from model.build import default_model
-
-        hart = default_model() if a.checkpoint is None else load(a.checkpoint)
+        hart = load_model(a.checkpoint, a.text_encoder)
         hart = with_memory_mode(with_schedule(hart, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
         source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
         plan = fmt.auto_plan(hart, a, "coreml", a.block_size) if a.quant == "auto" else None

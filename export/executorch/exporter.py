@@ -25,8 +25,10 @@ from model.hart import Hart
 from model.memory import with_memory_mode
 from model.stages import BODY, MethodSpec, Stage, example_inputs, is_split, method_specs, split_method_specs
 from quantization.recipes import COMPONENTS, RECIPES, Recipe, apply_recipe
-from runtime_py import thresholds
-from runtime_py.cli import OneLineParser, cli_main
+from quantization.recipes import check_group_size as check_group_fits
+from runtime_py.cli import OneLineParser, add_checkpoint_args, check_group_size, cli_main, finite_float, load_model
+from runtime_py.quiet import cpu_probe_quiet
+from runtime_py.thresholds import parity_section
 
 ARTIFACTS = {c: f"{c}.pte" for c in COMPONENTS}
 BODY_FILE = f"{BODY}.pte"  # split AR layout: the transformer body (and the KV cache) in a program of its own
@@ -133,11 +135,13 @@ def used_parameters(ep) -> dict[str, int]:
 def run_method(data: bytes, name: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
     from executorch.runtime import Runtime
 
-    return list(Runtime.get().load_program(data).load_method(name).execute(inputs))
+    with cpu_probe_quiet():
+        method = Runtime.get().load_program(data).load_method(name)
+    return list(method.execute(inputs))
 
 
-def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, dict]:
-    from model import load
+def load_source(checkpoint: Path | None, schedule: str | None,
+                text_encoder: Path | None = None) -> tuple[Hart, dict]:
     from model.build import build
     from model.config import default_config
 
@@ -145,9 +149,7 @@ def load_source(checkpoint: Path | None, schedule: str | None) -> tuple[Hart, di
         cfg = default_config()
         hart = build(cfg.with_schedule(schedule) if schedule else cfg)
         return hart, fmt.default_source()
-    hart = load(checkpoint)
-    if hart.text is None:
-        raise ValueError(f"{checkpoint} has no text encoder folder (text_encoder/ or Qwen2-VL-1.5B-Instruct/)")
+    hart = load_model(checkpoint, text_encoder)
     if schedule:
         hart = with_patch_nums(hart, SCHEDULES[schedule])
     return hart, fmt.checkpoint_source(checkpoint)
@@ -235,7 +237,6 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
                    schedule: str | None, root: Path, cfg: float) -> dict:
     import executorch.version
 
-    limits = thresholds.recipe_thresholds(recipe.name, recipe.plan)
     files = {c: program_file(c) for c in facts}  # the components, plus the body program of the split layout
     sizes = {c: (root / f).stat().st_size for c, f in files.items()}
     kv = fmt.kv_cache_bytes(hart)
@@ -275,8 +276,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena, sizes["text_encoder"], arenas["text_encoder"],
                                       sum(v for c, v in arenas.items() if c != "text_encoder"),
                                       sum(arenas.values())),
-        "parity": {"recipe": recipe.name, "thresholds": thresholds.mode_thresholds(hart, limits),
-                   **thresholds.full_precision_thresholds(hart, recipe.name, {recipe.name: limits})},
+        "parity": parity_section("executorch", recipe.name, hart, recipe.plan),
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),
     }
@@ -307,10 +307,10 @@ def summary(manifest: dict) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m export.executorch",
                       description="Export HART to an ExecuTorch (XNNPACK) bundle with golden tensors.")
-    p.add_argument("--checkpoint", type=Path, help="checkpoint folder in the official layout (default: seeded model)")
+    add_checkpoint_args(p, "checkpoint folder in the official layout (default: seeded model)")
     p.add_argument("--quant", choices=RECIPES, default="8da4w",
                    help="recipe (default 8da4w); auto = per-layer 8da4w/8da8w/fp32 AR plan meeting --budget")
-    p.add_argument("--budget", type=float,
+    p.add_argument("--budget", type=finite_float,
                    help="auto: minimum teacher-forced token agreement with fp32 eager (0-1], checked by the gate")
     p.add_argument("--plan", type=Path, help="auto: reuse a plan written by python -m quantization.auto")
     p.add_argument("--group-size", type=int, default=32, help="int4 group size for 8da4w (default 32)")
@@ -326,8 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, help="bundle folder (default bundles/executorch-<quant>)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
-    if a.group_size <= 0 or a.group_size % 2:
-        p.error(f"--group-size must be a positive even number, got {a.group_size}")
+    check_group_size(p, a.group_size)
     fmt.check_auto_args(p, a)
     fmt.check_export_args(p, a, Path("bundles") / f"executorch-{a.quant}")
     if a.ar_layout == "split" and (a.kv_cache != "fp32" or a.attn_chunk):
@@ -341,8 +340,10 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam
     try:
-        hart, source = load_source(a.checkpoint, a.schedule)
+        hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
         hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
+        if a.quant == "8da4w":
+            check_group_fits(hart, a.group_size)  # before any work: a misfit would ship fp32 layers
         plan = fmt.auto_plan(hart, a, "executorch", a.group_size) if a.quant == "auto" else None
     except ValueError as e:
         print(f"python -m export.executorch: error: {e}", file=sys.stderr)
@@ -351,6 +352,8 @@ def main(argv: list[str] | None = None) -> int:
                              a.ar_layout)
     print(summary(manifest))
     vae = manifest["quantization"]["components"]["vae_decoder"]
-    print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']}) in {manifest['export_seconds']} s")
+    stored = manifest["components"]["vae_decoder"]["bits_per_weight"]  # what the file holds, not the intent
+    print(f"bundle {a.out} ({manifest['quantization']['name']}, VAE {vae['scheme']} compute, {stored:.0f} bits per "
+          f"stored weight) in {manifest['export_seconds']} s")
     return 0
 

@@ -24,7 +24,7 @@ from export.onnx.weights import share_external
 from model.config import SCHEDULES
 from model.explicit_kv import FunctionalEagerBackend, explicit_kv_specs, graph_module, half_copy
 from model.hart import Hart
-from runtime_py.cli import OneLineParser, cli_main
+from runtime_py.cli import OneLineParser, add_checkpoint_args, cli_main
 
 DATA_FILE = "weights.data"
 
@@ -162,7 +162,7 @@ def summary(rep: Report, out: Path) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m export.onnx",
                       description="Export HART to an ONNX bundle (one graph per method, explicit KV cache).")
-    p.add_argument("--checkpoint", type=Path, help="official-layout checkpoint folder (default: seeded default model)")
+    add_checkpoint_args(p, "official-layout checkpoint folder (default: seeded default model)")
     p.add_argument("--quant", choices=sorted(RECIPES), default="int4",
                    help="int4: AR MatMulNBits, text int8, diffusion/VAE fp16 (default); int8; fp32")
     p.add_argument("--schedule", choices=sorted(SCHEDULES), help="scale schedule (default: the model's own)")
@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         from export.executorch.exporter import load_source  # the shared model/source loader (also used by parity)
         from model.memory import with_memory_mode
 
-        hart, source = load_source(a.checkpoint, a.schedule)
+        hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
         hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
         rep = export_onnx(hart, a.quant, a.out, source, a.schedule, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:

@@ -32,7 +32,8 @@ PROVIDERS = {
 }
 WHY = {
     "int4": "MatMulNBits (ORT contrib op): int4 weights, symmetric, block 32, int8 activations (accuracy level 4)",
-    "int8": "quantize_dynamic: int8 weights per output channel, activations quantized at run time",
+    "int8": "quantize_dynamic: int8 weights per output channel in a 7-bit range (reduce_range: no u8s8 "
+            "saturation on AVX2 without VNNI), activations quantized at run time",
     "fp16": "graph exported from an fp16 copy; norm statistics and the sampler update stay fp32; I/O stays fp32",
     "fp32": "reference precision",
 }

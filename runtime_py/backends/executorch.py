@@ -11,11 +11,35 @@ program: its state must persist); `run` loads it again when needed.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 
+from runtime_py.quiet import cpu_probe_quiet
+
 PTE_IDENTIFIER = b"ET12"  # flatbuffer file_identifier of executorch/schema/program.fbs, bytes 4..8
+
+
+@contextlib.contextmanager
+def _fd2_captured() -> Iterator[list[bytes]]:
+    """Collect the non-empty lines C++ code writes to fd 2 inside the block (the list fills when it ends)."""
+    logged: list[bytes] = []
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield logged
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            logged.extend(ln for ln in tmp.read().splitlines() if ln.strip())
 
 
 class ExecuTorchBackend:
@@ -51,16 +75,26 @@ class ExecuTorchBackend:
             head = f.read(8)
         if len(head) < 8 or head[4:8] != PTE_IDENTIFIER or int.from_bytes(head[:4], "little") >= path.stat().st_size:
             raise BundleError(f"{path} is not an ExecuTorch program (bad flatbuffer header); re-export the bundle")
-        try:
-            return self.runtime.load_program(path, verification=Verification.InternalConsistency)
-        except RuntimeError as e:
-            raise BundleError(f"{path} fails ExecuTorch program verification ({e}); re-export the bundle") from None
+        program, error = None, None
+        with _fd2_captured() as logged:  # ExecuTorch logs the reason from C++ to fd 2: fold it into the error
+            try:
+                program = self.runtime.load_program(path, verification=Verification.InternalConsistency)
+            except RuntimeError as e:
+                error = e
+        if program is not None:
+            if logged:  # not ours to hide
+                os.write(2, b"\n".join(logged) + b"\n")
+            return program
+        why = "; ".join(ln.decode("utf-8", "replace").split("] ", 1)[-1] for ln in logged) or str(error)
+        raise BundleError(f"{path} fails ExecuTorch program verification ({why})", "re-export the bundle")
 
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:
         file, entry = self.methods[method]
         if file not in self.programs:
             self.programs[file] = self._load(file)
-        outs = self.programs[file].load_method(entry).execute([t.contiguous() for t in inputs])
+        with cpu_probe_quiet():
+            loaded = self.programs[file].load_method(entry)
+        outs = loaded.execute([t.contiguous() for t in inputs])
         return list(outs)
 
     def release(self, method: str) -> None:

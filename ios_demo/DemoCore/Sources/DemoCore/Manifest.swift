@@ -289,18 +289,20 @@ public struct Manifest {
     }
 }
 
-/// A bundle folder: manifest.json plus the files it lists, each checked for size and sha256.
+/// A bundle folder: manifest.json (checked against its digest, manifest.sha256) plus the files it
+/// lists, each checked for size and sha256. The digest covers manifest.json's exact bytes and the
+/// manifest lists every other file's sha256, so together they cover the whole bundle
+/// (docs/bundle-format.md).
 public struct ModelBundle {
     public static let manifestName = "manifest.json"
+    public static let digestName = "manifest.sha256"
     public let dir: URL
     public let manifest: Manifest
 
     public func url(_ path: String) -> URL { dir.appendingPathComponent(path) }
 
     public static func open(_ dir: URL, verifyFiles: Bool = true) throws -> ModelBundle {
-        let mf = dir.appendingPathComponent(manifestName)
-        guard FileManager.default.fileExists(atPath: mf.path) else { throw ManifestError("\(dir.path) has no \(manifestName)") }
-        let manifest = try Manifest.parse(data: Data(contentsOf: mf))
+        let manifest = try Manifest.parse(data: readManifest(dir))
         if verifyFiles {
             let problems = verify(dir, manifest)
             if !problems.isEmpty {
@@ -310,12 +312,65 @@ public struct ModelBundle {
         return ModelBundle(dir: dir, manifest: manifest)
     }
 
+    /// manifest.json's bytes, checked against manifest.sha256 (one read: the bytes hashed are the bytes parsed).
+    public static func readManifest(_ dir: URL) throws -> Data {
+        for name in [manifestName, digestName] where isSymlink(dir.appendingPathComponent(name)) {
+            throw ManifestError(symlinkMessage(name))
+        }
+        let mf = dir.appendingPathComponent(manifestName)
+        let df = dir.appendingPathComponent(digestName)
+        guard FileManager.default.fileExists(atPath: mf.path) else { throw ManifestError("\(dir.path) has no \(manifestName)") }
+        guard FileManager.default.fileExists(atPath: df.path) else {
+            throw ManifestError("\(dir.path) has no \(digestName) (the bundle digest); re-export the bundle")
+        }
+        let data = try Data(contentsOf: mf)
+        try checkDigest(manifest: data, digestFile: Data(contentsOf: df))
+        return data
+    }
+
+    /// Throws unless `digestFile` is exactly `<sha256 of manifest, lowercase hex>  manifest.json\n`.
+    public static func checkDigest(manifest: Data, digestFile: Data) throws {
+        let bytes = [UInt8](digestFile)
+        let suffix = Array("  manifest.json\n".utf8)
+        let isHex = { (b: UInt8) in (48...57).contains(b) || (97...102).contains(b) }
+        guard bytes.count == 64 + suffix.count, bytes[..<64].allSatisfy(isHex), Array(bytes[64...]) == suffix else {
+            throw ManifestError("\(digestName) is not one line '<64 hex digits>  manifest.json'; re-export the bundle")
+        }
+        guard String(decoding: bytes[..<64], as: UTF8.self) == SHA256.hex(manifest) else {
+            throw ManifestError("\(manifestName) was edited after export (digest mismatch with \(digestName)); re-export the bundle")
+        }
+    }
+
+    static func symlinkMessage(_ path: String) -> String {
+        "\(path) is a symlink; bundle files must be regular files inside the bundle (copy the bundle, do not link it)"
+    }
+
+    static func isSymlink(_ url: URL) -> Bool {
+        let attrs = try? FileManager.default.attributesOfItem(atPath: url.path)  // lstat: does not follow the link
+        return (attrs?[.type] as? FileAttributeType) == .typeSymbolicLink
+    }
+
+    /// The first symlink among `path` and its parent folders inside `dir`, or nil.
+    static func symlinkOnPath(_ dir: URL, _ path: String) -> String? {
+        var prefix = [Substring]()
+        for part in path.split(separator: "/") {
+            prefix.append(part)
+            let p = prefix.joined(separator: "/")
+            if isSymlink(dir.appendingPathComponent(p)) { return p }
+        }
+        return nil
+    }
+
     /// Every problem found; empty when the bundle is intact.
     public static func verify(_ dir: URL, _ manifest: Manifest) -> [String] {
         var problems = [String]()
         let listed = Set(manifest.files.map(\.path))
         for f in manifest.files {
             let url = dir.appendingPathComponent(f.path)
+            if let link = symlinkOnPath(dir, f.path) {
+                problems.append(symlinkMessage(link))
+                continue
+            }
             guard let attrs = try? FileManager.default.attributesOfItem(atPath: url.path),
                 (attrs[.type] as? FileAttributeType) == .typeRegular
             else {

@@ -151,7 +151,7 @@ final class BundleGoldenTests: XCTestCase {
         var o = try JSONSerialization.jsonObject(with: Data(manifestJSON.utf8)) as! [String: Any]
         o["files"] = files
         o["tokenizer"] = ["file": "tokenizer.json", "max_tokens": 4, "pad_token": "<|endoftext|>"]
-        try JSONSerialization.data(withJSONObject: o).write(to: dir.appendingPathComponent("manifest.json"))
+        try TestFiles.writeManifest(dir, JSONSerialization.data(withJSONObject: o))
         let ok = BundleCheck.run(dir)
         XCTAssertEqual(ok.map(\.name), ["manifest + files", "tokenizer", "golden replay"])
         XCTAssertTrue(ok.allSatisfy(\.passed), "\(ok)")

@@ -89,6 +89,69 @@ final class ManifestTests: XCTestCase {
         XCTAssertThrowsError(try Manifest.parse(o))
     }
 
+    /// manifest.json + manifest.sha256 exactly as export/bundle.py write_manifest wrote them (docs/app_golden.json).
+    func writeExporterManifest(_ dir: URL) throws -> String {
+        let c = TestFiles.golden.root["bundle_digest"] as! [String: Any]
+        try Data((c["manifest_json"] as! String).utf8).write(to: dir.appendingPathComponent(ModelBundle.manifestName))
+        try Data((c["manifest_sha256"] as! String).utf8).write(to: dir.appendingPathComponent(ModelBundle.digestName))
+        return c["manifest_json"] as! String
+    }
+
+    func tempDir() throws -> URL {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bundle-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        return dir
+    }
+
+    func testExporterDigestVerifiesAndAnyEditFails() throws {
+        let dir = try tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let text = try writeExporterManifest(dir)
+        let b = try ModelBundle.open(dir, verifyFiles: false)  // the digest is checked either way; no files here
+        XCTAssertEqual(b.manifest.goldenLimits["token_agreement"], 0.6)  // the documented 8da4w limit, as written
+        let loosened = text.replacingOccurrences(of: "\"token_agreement\": 0.6,", with: "\"token_agreement\": 0.1,")
+        XCTAssertNotEqual(loosened, text)
+        let spaced = text.replacingOccurrences(of: "\n \"files\"", with: "\n  \"files\"")
+        XCTAssertNotEqual(spaced, text)
+        for edit in [loosened, spaced, String(text.dropLast())] {
+            try Data(edit.utf8).write(to: dir.appendingPathComponent(ModelBundle.manifestName))
+            XCTAssertThrowsError(try ModelBundle.open(dir, verifyFiles: false)) {
+                XCTAssertTrue("\($0)".contains("edited after export (digest mismatch"), "\($0)")
+            }
+        }
+        _ = try writeExporterManifest(dir)
+        let digest = try String(contentsOf: dir.appendingPathComponent(ModelBundle.digestName), encoding: .utf8)
+        let upper = digest.uppercased().replacingOccurrences(of: "MANIFEST.JSON", with: "manifest.json")
+        for bad in [upper, String(digest.dropLast()), digest + "\n"] {
+            try Data(bad.utf8).write(to: dir.appendingPathComponent(ModelBundle.digestName))
+            XCTAssertThrowsError(try ModelBundle.open(dir)) { XCTAssertTrue("\($0)".contains("is not one line"), "\($0)") }
+        }
+        try FileManager.default.removeItem(at: dir.appendingPathComponent(ModelBundle.digestName))
+        XCTAssertThrowsError(try ModelBundle.open(dir)) { XCTAssertTrue("\($0)".contains("has no manifest.sha256"), "\($0)") }
+    }
+
+    func testSymlinkedFilesAreRefused() throws {
+        let dir = try tempDir()
+        let outside = try tempDir()
+        defer {
+            try? FileManager.default.removeItem(at: dir)
+            try? FileManager.default.removeItem(at: outside)
+        }
+        let pte = Array("program bytes".utf8)
+        try Data(pte).write(to: outside.appendingPathComponent("model.pte"))
+        try FileManager.default.createSymbolicLink(
+            at: dir.appendingPathComponent("model.pte"), withDestinationURL: outside.appendingPathComponent("model.pte"))
+        var o = TestFiles.manifestJSON()
+        o["files"] = [["path": "model.pte", "sha256": SHA256.hex(pte), "size": pte.count]]
+        try TestFiles.writeManifest(dir, JSONSerialization.data(withJSONObject: o))
+        let b = try ModelBundle.open(dir, verifyFiles: false)
+        XCTAssertEqual(ModelBundle.verify(dir, b.manifest).first, ModelBundle.symlinkMessage("model.pte"))
+        try FileManager.default.removeItem(at: dir.appendingPathComponent(ModelBundle.digestName))
+        try FileManager.default.createSymbolicLink(
+            at: dir.appendingPathComponent(ModelBundle.digestName), withDestinationURL: outside.appendingPathComponent("model.pte"))
+        XCTAssertThrowsError(try ModelBundle.open(dir)) { XCTAssertTrue("\($0)".contains("manifest.sha256 is a symlink"), "\($0)") }
+    }
+
     func testBundleSha256Verification() throws {
         let dir = FileManager.default.temporaryDirectory.appendingPathComponent("bundle-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
@@ -102,7 +165,7 @@ final class ManifestTests: XCTestCase {
             ["path": "model.pte", "sha256": SHA256.hex(pte), "size": pte.count],
             ["path": "tokenizer.json", "sha256": SHA256.hex(tok), "size": tok.count],
         ]
-        try JSONSerialization.data(withJSONObject: o).write(to: dir.appendingPathComponent("manifest.json"))
+        try TestFiles.writeManifest(dir, JSONSerialization.data(withJSONObject: o))
         let b = try ModelBundle.open(dir)
         XCTAssertEqual(ModelBundle.verify(dir, b.manifest), [])
         XCTAssertEqual(try b.promptEncoder().padId, 256)

@@ -18,6 +18,12 @@ enum TestFiles {
 
     static let golden: AppGolden = try! AppGolden(data: data("docs/app_golden.json"))
 
+    /// manifest.json plus its digest (manifest.sha256), for tests whose subject is not the digest itself.
+    static func writeManifest(_ dir: URL, _ data: Data) throws {
+        try data.write(to: dir.appendingPathComponent(ModelBundle.manifestName))
+        try Data("\(SHA256.hex(data))  manifest.json\n".utf8).write(to: dir.appendingPathComponent(ModelBundle.digestName))
+    }
+
     /// A fresh mutable copy of the golden manifest JSON.
     static func manifestJSON() -> [String: Any] {
         let d = try! JSONSerialization.data(withJSONObject: golden.root["manifest"]!)

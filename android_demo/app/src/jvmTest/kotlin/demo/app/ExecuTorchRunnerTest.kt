@@ -7,6 +7,7 @@ import demo.core.Pipeline
 import demo.core.ReplayRunner
 import demo.core.Sha256
 import demo.core.Tensor
+import demo.core.TestFiles
 import org.json.JSONArray
 import org.json.JSONObject
 import org.junit.jupiter.api.AfterEach
@@ -54,7 +55,7 @@ class ExecuTorchRunnerTest {
                 .put(JSONObject().put("path", "model.pte").put("sha256", Sha256.hex(pte)).put("size", pte.size))
                 .put(JSONObject().put("path", "tokenizer.json").put("sha256", Sha256.hex(tok)).put("size", tok.size)),
         )
-        File(dir, "manifest.json").writeText(m.toString())
+        TestFiles.writeManifest(dir, m.toString())
         return Bundle.open(dir)
     }
 
@@ -104,7 +105,7 @@ class ExecuTorchRunnerTest {
         m.getJSONArray("files").put(JSONObject().put("path", "vae.pte").put("sha256", Sha256.hex(pte2)).put("size", pte2.size))
         val ms = m.getJSONArray("methods")
         for (i in 0 until ms.length()) ms.getJSONObject(i).put("file", if (i == ms.length() - 1) "vae.pte" else "model.pte")
-        File(dir, "manifest.json").writeText(m.toString())
+        TestFiles.writeManifest(dir, m.toString())
         ExecuTorchRunner(Bundle.open(dir)).use { assertEquals(2, Module.loaded.size) }
         assertTrue(b.manifest.methods.isNotEmpty())
     }

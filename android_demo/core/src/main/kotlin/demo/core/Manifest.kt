@@ -3,6 +3,7 @@ package demo.core
 import org.json.JSONArray
 import org.json.JSONObject
 import java.io.File
+import java.nio.file.Files
 import java.security.MessageDigest
 
 class ManifestException(
@@ -392,19 +393,66 @@ class Bundle(
     companion object {
         const val MANIFEST = "manifest.json"
 
-        /** Parses and validates the manifest; with [verifyFiles], checks every listed file's size and sha256. */
+        /** `sha256sum manifest.json`: the bundle digest the exporter writes last (docs/bundle-format.md). */
+        const val DIGEST = "manifest.sha256"
+        private val DIGEST_LINE = Regex("([0-9a-f]{64})  manifest\\.json\n")
+
+        /**
+         * Checks the manifest digest, then parses and validates the manifest; with [verifyFiles], checks
+         * every listed file's size and sha256. The digest covers manifest.json's exact bytes, and the
+         * manifest lists every other file's sha256, so together they cover the whole bundle.
+         */
         fun open(
             dir: File,
             verifyFiles: Boolean = true,
         ): Bundle {
-            val mf = File(dir, MANIFEST)
-            if (!mf.isFile) throw ManifestException("$dir has no $MANIFEST")
-            val manifest = Manifest.parse(mf.readText())
+            val manifest = Manifest.parse(String(readManifest(dir), Charsets.UTF_8))
             if (verifyFiles) {
                 val problems = verify(dir, manifest)
                 if (problems.isNotEmpty()) throw ManifestException("bundle $dir failed verification:\n" + problems.joinToString("\n"))
             }
             return Bundle(dir, manifest)
+        }
+
+        /** manifest.json's bytes, checked against manifest.sha256 (one read: the bytes hashed are the bytes parsed). */
+        fun readManifest(dir: File): ByteArray {
+            val mf = File(dir, MANIFEST)
+            val df = File(dir, DIGEST)
+            for (f in listOf(mf, df)) if (Files.isSymbolicLink(f.toPath())) throw ManifestException(symlinkMessage(f.path))
+            if (!mf.isFile) throw ManifestException("$dir has no $MANIFEST")
+            if (!df.isFile) throw ManifestException("$dir has no $DIGEST (the bundle digest); re-export the bundle")
+            val bytes = mf.readBytes()
+            checkDigest(bytes, df.readBytes())
+            return bytes
+        }
+
+        /** Throws unless [digestFile] is exactly `<sha256 of manifest, lowercase hex>  manifest.json\n`. */
+        fun checkDigest(
+            manifest: ByteArray,
+            digestFile: ByteArray,
+        ) {
+            val line =
+                DIGEST_LINE.matchEntire(String(digestFile, Charsets.ISO_8859_1))
+                    ?: throw ManifestException("$DIGEST is not one line '<64 hex digits>  manifest.json'; re-export the bundle")
+            if (line.groupValues[1] != Sha256.hex(manifest)) {
+                throw ManifestException("$MANIFEST was edited after export (digest mismatch with $DIGEST); re-export the bundle")
+            }
+        }
+
+        private fun symlinkMessage(path: String) =
+            "$path is a symlink; bundle files must be regular files inside the bundle (copy the bundle, do not link it)"
+
+        /** The first symlink among [path] and its parent folders inside [dir], or null. */
+        private fun symlinkOnPath(
+            dir: File,
+            path: String,
+        ): String? {
+            var p = ""
+            for (part in path.split('/')) {
+                p = if (p.isEmpty()) part else "$p/$part"
+                if (Files.isSymbolicLink(File(dir, p).toPath())) return p
+            }
+            return null
         }
 
         /** Every problem found (missing file, size or sha256 mismatch, unlisted program); empty when the bundle is intact. */
@@ -416,6 +464,11 @@ class Bundle(
             val listed = manifest.files.map { it.path }.toSet()
             for (f in manifest.files) {
                 val file = File(dir, f.path)
+                val link = symlinkOnPath(dir, f.path)
+                if (link != null) {
+                    problems += symlinkMessage(link)
+                    continue
+                }
                 if (!file.isFile) {
                     problems += "${f.path}: missing"
                     continue

@@ -194,7 +194,7 @@ class BundleGoldenTest {
         }
         val m = JSONObject(manifestJson).put("files", files)
         m.getJSONObject("tokenizer").put("file", "tokenizer.json")
-        File(dir, "manifest.json").writeText(m.toString())
+        TestFiles.writeManifest(dir, m.toString())
         val ok = BundleCheck.run(dir)
         assertEquals(listOf("manifest + files", "tokenizer", "golden replay"), ok.map { it.name })
         assertTrue(ok.all { it.passed }, ok.toString())

@@ -133,7 +133,7 @@ class ManifestTest {
                 .put(JSONObject().put("path", "model.pte").put("sha256", Sha256.hex(pte)).put("size", pte.size))
                 .put(JSONObject().put("path", "tokenizer.json").put("sha256", Sha256.hex(tok)).put("size", tok.size)),
         )
-        File(dir, "manifest.json").writeText(o.toString())
+        TestFiles.writeManifest(dir, o.toString())
         return o
     }
 
@@ -159,6 +159,59 @@ class ManifestTest {
             assertNull(null)
         } finally {
             dir.deleteRecursively()
+        }
+    }
+
+    /** manifest.json + manifest.sha256 exactly as export/bundle.py write_manifest wrote them (docs/app_golden.json). */
+    private fun writeExporterManifest(dir: File): String {
+        val case = TestFiles.golden.root.getJSONObject("bundle_digest")
+        File(dir, Bundle.MANIFEST).writeBytes(case.getString("manifest_json").toByteArray(Charsets.UTF_8))
+        File(dir, Bundle.DIGEST).writeBytes(case.getString("manifest_sha256").toByteArray(Charsets.UTF_8))
+        return case.getString("manifest_json")
+    }
+
+    @Test
+    fun exporterDigestVerifiesAndAnyEditFails() {
+        val dir = Files.createTempDirectory("digest").toFile()
+        try {
+            val text = writeExporterManifest(dir)
+            val b = Bundle.open(dir, verifyFiles = false) // the digest is checked either way; no files here
+            assertEquals(0.6, b.manifest.goldenLimits()["token_agreement"]) // the documented 8da4w limit, as written
+            val loosened = text.replaceFirst("\"token_agreement\": 0.6,", "\"token_agreement\": 0.1,")
+            assertTrue(loosened != text)
+            for (edit in listOf(loosened, text.replaceFirst("\n", "\n "), text.trimEnd())) {
+                File(dir, Bundle.MANIFEST).writeText(edit)
+                val e = assertFailsWith<ManifestException> { Bundle.open(dir, verifyFiles = false) }
+                assertTrue(e.message!!.contains("edited after export (digest mismatch"), e.message)
+            }
+            writeExporterManifest(dir)
+            val digest = File(dir, Bundle.DIGEST).readText()
+            for (bad in listOf(digest.uppercase().replace("MANIFEST.JSON", "manifest.json"), digest.trimEnd(), "$digest\n")) {
+                File(dir, Bundle.DIGEST).writeText(bad)
+                val e = assertFailsWith<ManifestException> { Bundle.open(dir) }
+                assertTrue(e.message!!.contains("is not one line"), e.message)
+            }
+            File(dir, Bundle.DIGEST).delete()
+            assertTrue(assertFailsWith<ManifestException> { Bundle.open(dir) }.message!!.contains("has no manifest.sha256"))
+        } finally {
+            dir.deleteRecursively()
+        }
+    }
+
+    @Test
+    fun symlinkedFilesAreRefused() {
+        val dir = Files.createTempDirectory("bundle").toFile()
+        val outside = Files.createTempFile("outside", ".pte").toFile()
+        try {
+            writeBundle(dir)
+            File(dir, "model.pte").copyTo(outside, overwrite = true)
+            File(dir, "model.pte").delete()
+            Files.createSymbolicLink(File(dir, "model.pte").toPath(), outside.toPath())
+            val b = Bundle.open(dir, verifyFiles = false)
+            assertTrue(Bundle.verify(dir, b.manifest).single().contains("model.pte is a symlink"))
+        } finally {
+            dir.deleteRecursively()
+            outside.delete()
         }
     }
 

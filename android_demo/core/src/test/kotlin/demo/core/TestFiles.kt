@@ -14,4 +14,14 @@ object TestFiles {
     fun text(path: String): String = File(root, path).readText()
 
     val golden: AppGolden by lazy { AppGolden.parse(text("docs/app_golden.json")) }
+
+    /** manifest.json plus its digest (manifest.sha256), for tests whose subject is not the digest itself. */
+    fun writeManifest(
+        dir: File,
+        text: String,
+    ) {
+        val bytes = text.toByteArray()
+        File(dir, Bundle.MANIFEST).writeBytes(bytes)
+        File(dir, Bundle.DIGEST).writeText("${Sha256.hex(bytes)}  manifest.json\n")
+    }
 }
