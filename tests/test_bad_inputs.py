@@ -609,6 +609,20 @@ def test_export_interrupted_by_ctrl_c(tmp_path):
     assert not any(p.name.startswith(".b.") for p in tmp_path.iterdir())
 
 
+@pytest.mark.parametrize("module", ["export.onnx", "runtime_py.generate", "quantization.auto"])
+def test_ctrl_c_while_starting(module, tmp_path):
+    """Ctrl-C 1.5 s in (importing torch, or already in main; each runs for seconds more): one line, exit
+    130, never a traceback, nothing written."""
+    out = tmp_path / "out"
+    args = {"export.onnx": ["--out", str(out)], "runtime_py.generate": ["--prompt", "x", "--out", str(out), "--quiet"],
+            "quantization.auto": ["--budget", "0.9", "--out", str(out)]}[module]
+    proc = subprocess.Popen([PY, "-m", module, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    check(subprocess.CompletedProcess(proc.args, proc.returncode, b"", err), 130, "interrupted", out)
+
+
 def test_generate_under_a_file_size_limit(tmp_path):
     """`ulimit -f`: the PNG cannot be written; one line, exit 1, no PNG and no temp file."""
     import resource
