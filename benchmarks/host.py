@@ -27,6 +27,7 @@ from runtime_py.cli import (
     load_model,
     seed_int,
 )
+from runtime_py.images import atomic_file, write_atomic
 
 PROMPT = "a lighthouse at dusk"
 
@@ -194,11 +195,11 @@ def main(argv: list[str] | None = None) -> int:
                        "settings": {"runs": a.runs, "warmup": a.warmup, "prompt": PROMPT, "seed": a.seed,
                                     "cfg": a.cfg, "config": cfg.name},
                        "baseline": targets[0]["name"], "targets": targets})
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=1) + "\n")
+    write_atomic(a.out, (json.dumps(result, indent=1) + "\n").encode())  # each file whole or absent
     md = markdown(result)
-    a.out.with_suffix(".md").write_text(md)
-    chart(result, a.out.with_suffix(".png"))
+    write_atomic(a.out.with_suffix(".md"), md.encode())
+    with atomic_file(a.out.with_suffix(".png")) as tmp:
+        chart(result, tmp)
     print(md)
     return 0
 

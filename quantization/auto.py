@@ -50,7 +50,12 @@ from runtime_py.images import write_atomic
 
 SCHEMES = {"executorch": ("8da4w", "8da8w", "fp32"), "coreml": ("int4", "int8", "fp16")}
 CALIBRATION = (("a bowl of ramen on a wooden table", 101), ("a snowy mountain village at night", 202))
-DEFAULT_MARGIN = 0.02  # calibration prompts are not the gate's: aim this far above the budget
+# Calibration prompts are not the gate's: aim this far above the budget. Along the default model's
+# upgrade path (eager, docs/portability.md) the gate's prompts scored 0.017-0.035 below the calibration
+# ones, and the bisection keeps the first prefix that passes, i.e. favours lucky calibration draws; CPU
+# kernel variants move the gate's teacher-forced agreement by up to 0.005. 0.02 failed the gate on the
+# AVX2 machine of issue 14; 0.05 covers the worst measured gap plus the CPU spread.
+DEFAULT_MARGIN = 0.05
 
 
 @dataclass

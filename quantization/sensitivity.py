@@ -169,10 +169,12 @@ def chart(res: dict, path: Path) -> None:
 
 def write_results(folder: Path, stem: str, res: dict, md: str, draw) -> str:
     """<stem>.json, <stem>.md and <stem>.png (drawn by `draw(res, path)`) in `folder`; returns the markdown."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{stem}.json").write_text(json.dumps(res, indent=1) + "\n")
-    (folder / f"{stem}.md").write_text(md)
-    draw(res, folder / f"{stem}.png")
+    from runtime_py.images import atomic_file, write_atomic
+
+    write_atomic(folder / f"{stem}.json", (json.dumps(res, indent=1) + "\n").encode())  # each file whole or absent
+    write_atomic(folder / f"{stem}.md", md.encode())
+    with atomic_file(folder / f"{stem}.png") as tmp:
+        draw(res, tmp)
     return md
 
 

@@ -13,6 +13,7 @@ import argparse
 import functools
 import math
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Callable
@@ -32,6 +33,22 @@ class OneLineParser(argparse.ArgumentParser):
         raise SystemExit(BAD_INPUT)
 
 
+_in_main = False  # set while a cli_main-wrapped main runs: Ctrl-C then unwinds (cleanup) instead of exiting
+
+
+def install_sigint() -> None:
+    """For `python -m <cli>` (runtime_py/__init__.py calls it when argv[0] is "-m"): Ctrl-C before main
+    runs (while torch imports, say) exits 130 with one line instead of a KeyboardInterrupt traceback;
+    nothing has been written yet. Inside main it raises KeyboardInterrupt as usual, for cleanup."""
+    def on_sigint(signum, frame) -> None:
+        if _in_main:
+            raise KeyboardInterrupt
+        os.write(2, b"error: interrupted before anything was written\n")
+        os._exit(130)
+
+    signal.signal(signal.SIGINT, on_sigint)
+
+
 def _say(prog: str, message: str) -> None:
     print(f"{prog}: error: {' '.join(message.split())}", file=sys.stderr)
 
@@ -42,6 +59,8 @@ def cli_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
     def wrap(main: Callable[..., int]) -> Callable[..., int]:
         @functools.wraps(main)
         def run(argv: list[str] | None = None) -> int:
+            global _in_main
+            _in_main = True
             try:
                 return main(argv)
             except UserError as e:
@@ -59,6 +78,8 @@ def cli_main(prog: str) -> Callable[[Callable[..., int]], Callable[..., int]]:
                     _say(prog, f"unexpected {type(e).__name__}: {e}; this is a bug, please report it "
                                "(HART_DEBUG=1 shows the traceback)")
                 return FAILED_CHECK
+            finally:
+                _in_main = False
         return run
     return wrap
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +25,24 @@ def png_bytes(img_3HW: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
-    """Write to a temp file in the same folder, then rename: no partial file on failure."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[Path]:
+    """A temp path in the same folder (same suffix, for writers that pick the format from it), renamed to
+    `path` when the block succeeds and removed when it fails: never a partial file at `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
+        yield Path(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+
+
+def write_atomic(path: str | Path, data: bytes) -> Path:
+    """Write to a temp file in the same folder, then rename: no partial file on failure."""
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)

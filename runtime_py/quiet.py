@@ -6,6 +6,9 @@ Each filter drops one known message and nothing else; our own errors and any oth
   that cannot load on a CPU-only torch (torchao/__init__.py, logger "torchao").
 - torch logs a deprecation when torchao calls pytree register_constant() on an Enum (torch/utils/
   _pytree.py, logger "torch.utils._pytree").
+- coremltools logs at import that its macOS-only runtime (libcoremlpython) is missing, that the
+  installed scikit-learn is unsupported (its converters are unused here) and that torch 2.13 is newer
+  than it was tested with (the pins in toolchain notes §1 are deliberate; tests/test_coreml.py covers it).
 - ExecuTorch's emitter warns about buffer mutation on every export with a KV cache: expected here,
   the caches are mutable buffers shared by the scale methods on purpose.
 - ExecuTorch's first XNNPACK method load probes ARM core types and logs five Info lines
@@ -28,6 +31,9 @@ from collections.abc import Iterator
 _LOG_NOISE = {
     "torchao": re.compile(r"Failed to load \S*/torchao/_C_\w+[\w.-]*\.so"),
     "torch.utils._pytree": re.compile(r".* is an Enum subclass and is now natively supported by torch\.compile"),
+    "coremltools": re.compile(r"Failed to load _ML\w+Proxy: No module named 'coremltools\.libcoremlpython'"
+                              r"|scikit-learn version \S+ is not supported\."
+                              r"|Torch version \S+ has not been tested with coremltools\."),
 }
 _CPU_PROBE_LINE = re.compile(rb"\[cpuinfo_utils\.cpp:\d+\] ")
 _probed = False

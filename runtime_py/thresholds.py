@@ -17,6 +17,11 @@ from typing import Any
 # measurements on the default model with a margin (docs/executorch.md lists the measured numbers;
 # with a different AR model, e.g. other seeded weights, teacher-forced agreement drops to 0.03).
 # They are calibrated on the default (random-weight, flat-logit) model: re-measure for a checkpoint.
+# Portability (docs/portability.md): 8da4w re-measured under 1/2 threads and torch forced to AVX2:
+# golden 0.743 / 11.9 dB and end to end 0.393 / 0.705 / 11.0 dB identical on every config; teacher
+# forced 0.699-0.702 / 11.8-11.9 dB; text 33.8 dB; diffusion 43.6-44.2 dB; VAE 47.7-47.8 dB: every
+# limit keeps >= 3.8 dB / 0.099 of margin over the worst config. fp32 keeps eager-level limits: a
+# mismatch only counts beyond TIE_TOL (1e-3, ~100x the fp32 logit differences between kernels).
 PARITY_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
     "fp32": {
         "golden": {"token_agreement": 0.99, "tie_adjusted_agreement": 1.0, "sqnr_db": 60.0},
@@ -98,19 +103,26 @@ def full_precision_thresholds(hart: Any, recipe: str, table: dict | None = None)
 # default model (measured value in the comment) with a margin. The quantized end-to-end numbers are
 # low because the seeded default model has random weights and near-flat logits: any weight error
 # resamples tokens (two fp32 images of one seed and different prompts agree about as much).
+# Portability (docs/portability.md): the int4 row was re-measured under 1/2 threads and torch forced to
+# AVX2 (spread: teacher-forced tokens 0.0044, SQNR 0.29 dB, golden and end to end bit-identical);
+# the int8 text encoder uses reduce_range since full-range weights saturated onnxruntime's AVX2 u8s8
+# kernel (16.3 dB on an emulated Haswell vs 30.1 dB with VNNI); with 7-bit weights it measures 29.4 dB
+# in the gate on every configuration, so 25 dB keeps a 4.4 dB margin and still fails a damaged layer.
 ONNX_PARITY_THRESHOLDS: dict[str, dict[str, dict[str, float]]] = {
     "fp32": PARITY_THRESHOLDS["fp32"],
-    "int4": {  # measured: 0.803 / 3.96 dB (e_last at the last scale) / median 16.9 dB
+    "int4": {  # measured: 0.803 / 3.96 dB (e_last at the last scale) / median 16.9 dB, on every config
         "golden": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},
-        "teacher_forced": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},  # 0.806 / 3.46 / 14.4
-        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
-        "end_to_end": {"token_agreement": 0.30, "closed_loop_agreement": 0.65, "image_psnr_db": 9.0},  # .43 .79 11.5
+        # 0.804-0.808 / 3.46-3.75 / 14.3-14.5 over threads and torch ISAs
+        "teacher_forced": {"token_agreement": 0.65, "sqnr_db": 1.0, "sqnr_median_db": 10.0},
+        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 29.4, 71.4, 70.7
+        "end_to_end": {"token_agreement": 0.30, "closed_loop_agreement": 0.65, "image_psnr_db": 9.0},  # .40 .79 11.5
     },
-    "int8": {  # measured: 0.918 / 8.28 dB / median 34.7 dB
+    "int8": {  # measured (reduce_range): 0.925 / 8.46 dB / median 32.4 dB, on every config
         "golden": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},
-        "teacher_forced": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},  # 0.938 / 9.34 / 33.1
-        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 31.5, 71.5, 70.7
-        "end_to_end": {"token_agreement": 0.55, "closed_loop_agreement": 0.85, "image_psnr_db": 11.0},  # .71 .94 13.7
+        # 0.929-0.934 / 9.04-10.92 / 29.1-29.5 over threads and torch ISAs
+        "teacher_forced": {"token_agreement": 0.80, "sqnr_db": 5.0, "sqnr_median_db": 25.0},
+        "components": {"text_sqnr_db": 25.0, "diffusion_psnr_db": 55.0, "vae_psnr_db": 55.0},  # 29.4, 71.4, 70.7
+        "end_to_end": {"token_agreement": 0.55, "closed_loop_agreement": 0.85, "image_psnr_db": 11.0},  # .64 .93 12.9
     },
 }
 

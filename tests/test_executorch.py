@@ -249,10 +249,21 @@ def test_golden_is_small_and_replayable(bundles):
     assert psnr(image, image) == 999.0
 
 
+def test_export_and_generate_keep_stderr_clean(exports, bundles, tmp_path):
+    """--quiet on success prints nothing on stderr: no torchao .so-load lines, pytree deprecation,
+    buffer-mutation warning or ExecuTorch cpuinfo probe lines (runtime_py/quiet.py)."""
+    for quant, e in exports.items():
+        assert e.result is not None and e.result[1] == "", (quant, e.result and e.result[1][-3000:])
+    res = cli("-m", "runtime_py.generate", "--bundle", str(bundles["8da4w"]), "--prompt", "a red fox", "--out",
+              str(tmp_path / "fox.png"), "--quiet")
+    assert res.returncode == 0 and res.stderr == "", res.stderr[-3000:]
+
+
 def test_8da4w_bundle_passes_its_gate_via_cli(bundles, tmp_path):
     report = tmp_path / "report"
     res = cli("-m", "runtime_py.parity", "--bundle", str(bundles["8da4w"]), "--report", str(report))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert res.stderr == ""  # no third-party noise (runtime_py/quiet.py)
     data = json.loads((report / "parity.json").read_text())
     assert data["passed"] and data["recipe"] == "8da4w"
     assert "| end_to_end | image_psnr_db |" in (report / "parity.md").read_text()

@@ -65,3 +65,20 @@ def test_bad_arguments_one_line_exit_2(tmp_path, args, needle):
 def test_help():
     r = run_cli("--help")
     assert r.returncode == 0 and "--prompt" in r.stdout and "--bundle" in r.stdout
+
+
+def test_text_encoder_from_its_own_folder(tmp_path, default_hart):
+    """--text-encoder DIR (official sample.py --text_model_path): a checkpoint whose Qwen2 lives elsewhere
+    draws the same image as the model it was saved from."""
+    import shutil
+
+    from model import save
+
+    ckpt = save(default_hart, tmp_path / "ckpt")
+    shutil.move(ckpt / "text_encoder", tmp_path / "qwen")
+    outs = {k: tmp_path / f"{k}.png" for k in ("default", "split")}
+    assert generate.main(["--prompt", "a lighthouse at dusk", "--seed", "3", "--out", str(outs["default"]),
+                          "--quiet"]) == 0
+    assert generate.main(["--prompt", "a lighthouse at dusk", "--seed", "3", "--checkpoint", str(ckpt),
+                          "--text-encoder", str(tmp_path / "qwen"), "--out", str(outs["split"]), "--quiet"]) == 0
+    assert outs["default"].read_bytes() == outs["split"].read_bytes()

@@ -26,9 +26,11 @@ from runtime_py.pipeline import EagerBackend, Pipeline
 
 PROMPT, SEED, CFG = "a lighthouse at dusk", 7, 4.5
 
-# int4 vs fp32, per method on the oracle's inputs (measured minima in comments).
+# int4 vs fp32, per method on the oracle's inputs (measured minima in comments). context: the int8 text
+# encoder with reduce_range, the same on AVX-512 and emulated AVX2 (the full-range recipe measured 0.99951
+# here but 16.3 dB SQNR on AVX2 without VNNI, docs/portability.md).
 INT4_TEACHER_FORCED_MIN_COS = {"f_hat": 0.92, "x": 0.92, "e_last": 0.75, "z": 0.95, "cond": 0.99,
-                               KV_NAME: 0.98, "context": 0.999,  # 0.951 0.959 0.850 0.977 0.9976 0.990 0.99966
+                               KV_NAME: 0.98, "context": 0.999,  # 0.951 0.959 0.850 0.977 0.9976 0.990 0.99933
                                "delta": 0.9999, "image": 0.9999}  # fp16 graphs: 1.000000, max abs 1.1e-3, 2.3e-3
 INT4_TEACHER_FORCED_MIN_AGREEMENT = 0.5  # 0.72
 FP16_MAX_ABS = {"delta": 5e-3, "image": 1e-2}

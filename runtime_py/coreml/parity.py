@@ -36,9 +36,10 @@ import sys
 from pathlib import Path
 
 from runtime_py.backends.coreml import CoreMLSimBackend, device_unavailable_reason
-from runtime_py.bundle import Bundle, BundleError
+from runtime_py.bundle import REQUIRED, Bundle, BundleError
 from runtime_py.cli import OneLineParser, UserError, cli_main
 from runtime_py.coreml.checks import Check, check_structure, check_weights
+from runtime_py.manifest_schema import manifest_problem
 
 PARITY_KEYS = ("golden", "teacher_forced", "components", "end_to_end")
 
@@ -68,14 +69,20 @@ def coreml_section(bundle_dir: Path, checkpoint: Path | None = None, text_encode
     from runtime_py.parity import contract_check, reference_model, run_parity
 
     root = Path(bundle_dir)
-    manifest = json.loads((root / "manifest.json").read_text())
     checks: list[Check] = []
     try:
         bundle = Bundle.open(root)
         checks.append(Check("bundle"))
     except BundleError as e:
         checks.append(_failed("bundle", e))
-        bundle = Bundle(root, manifest)  # keep going: report every problem, not the first
+        try:  # keep going past changed files: report every problem, not the first ...
+            manifest = json.loads((root / "manifest.json").read_text())
+        except (OSError, ValueError):
+            manifest = None
+        if manifest_problem(manifest, REQUIRED):  # ... unless the manifest itself is unusable
+            return _section(root, checks)
+        bundle = Bundle(root, manifest)
+    manifest = bundle.manifest
     checks.append(check_structure(root, manifest))
     try:
         reference = reference_model(bundle, checkpoint, text_encoder)
