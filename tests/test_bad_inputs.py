@@ -229,6 +229,8 @@ HEAVY_ARGS = [
     ("et-group-size-odd", "export.executorch", ["--group-size", "3"], "positive even number"),
     ("et-group-size-48", "export.executorch", ["--group-size", "48"], "does not divide the transformer block"),
     ("et-attn-chunk", "export.executorch", ["--attn-chunk", "-4"], "--attn-chunk must be >= 0"),
+    ("et-split-int8-kv", "export.executorch", ["--kv-cache", "int8"], "need --ar-layout scales"),
+    ("et-ar-layout", "export.executorch", ["--ar-layout", "flat"], "invalid choice"),
     ("et-auto-no-budget", "export.executorch", ["--quant", "auto"], "exactly one of --budget"),
     ("et-budget-nan", "export.executorch", ["--quant", "auto", "--budget", "nan"], "not a finite number"),
     ("et-budget-above-1", "export.executorch", ["--quant", "auto", "--budget", "1.5"], "in (0, 1]"),
