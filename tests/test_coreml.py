@@ -131,7 +131,7 @@ def test_conversion_and_structure(bundle):
     manifest = Bundle.open(out).manifest  # the shared validator: header, file table, sha256
     assert sorted(p.name for p in out.iterdir()) == sorted(
         ["ArTransformer.mlpackage", "DiffusionHead.mlpackage", "TextEncoder.mlpackage", "VaeDecoder.mlpackage",
-         "golden", "manifest.json", "tokenizer.json"])
+         "golden", "manifest.json", "manifest.sha256", "tokenizer.json"])
     comps = manifest["components"]
     assert comps["ar_transformer"]["functions"] == [f"scale_{i:02d}" for i in range(10)]
     assert comps["ar_transformer"]["quantization"]["dtype"] == "int4"
