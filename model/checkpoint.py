@@ -176,10 +176,14 @@ def _vae_config(cfg_json: dict, path: Path) -> VAEConfig:
         raise CheckpointError(f"{path}: double_decoder=True is not supported")
     if cfg_json.get("quantizer_type", "var_hybrid") != "var_hybrid":
         raise CheckpointError(f"{path}: quantizer_type {cfg_json['quantizer_type']!r} unsupported (var_hybrid only)")
+    groups, ch = int(cfg_json.get("norm_groups", 32)), int(cfg_json.get("ch", 160))
+    if groups < 1 or any(ch * m % groups for m in cfg_json.get("ch_mult", (1, 1, 2, 2, 4))):
+        raise CheckpointError(f"{path}: norm_groups {groups} must be >= 1 and divide every ch * ch_mult")
     return VAEConfig(
         vocab_size=int(cfg_json.get("vocab_size", 4096)), z_channels=int(cfg_json.get("z_channels", 32)),
         ch=int(cfg_json.get("ch", 160)), ch_mult=tuple(cfg_json.get("ch_mult", (1, 1, 2, 2, 4))),
         quant_resi=float(cfg_json.get("quant_resi", 0.5)), share_quant_resi=int(cfg_json.get("share_quant_resi", 4)),
+        norm_groups=int(cfg_json.get("norm_groups", 32)),
     )
 
 
@@ -223,6 +227,7 @@ def load(path: str | Path, text_encoder: str | Path | None = None, prefer_ema: b
 
     The text encoder comes from `text_encoder`, else ROOT/text_encoder or ROOT/Qwen2-VL-1.5B-Instruct;
     without one the model is built for context-in use only (`hart.text is None`).
+    `hart.preview` is the per-scale preview projection of ROOT/preview.json when present (model/preview.py).
     The VAE encoder (`vae.encoder.*`, `vae.quant_conv.*`) is skipped unless with_encoder (T2I never uses it);
     with_encoder requires it to be in the file.
     """
@@ -277,6 +282,9 @@ def load(path: str | Path, text_encoder: str | Path | None = None, prefer_ema: b
         vae_sd = {k: v for k, v in vae_sd.items() if not k.startswith(VAE_ENCODER_PREFIXES)}
     _strict_load(hart.vae, vae_sd, vae_file, prefix="vae.")
     hart.text = text
+    from model.preview import load_preview
+
+    hart.preview = load_preview(root, channels=ar_cfg.cvae)  # CKPT/preview.json, if fitted (model/preview.py)
     return hart.eval().requires_grad_(False)
 
 
@@ -306,6 +314,7 @@ def _vae_config_json(vae: VAEConfig) -> dict:
         "architectures": ["HARTAutoEncoderWithDisc"], "model_type": "hart_autoencoder_with_disc",
         "vocab_size": vae.vocab_size, "z_channels": vae.z_channels, "ch": vae.ch, "ch_mult": list(vae.ch_mult),
         "quant_resi": vae.quant_resi, "share_quant_resi": vae.share_quant_resi, "quantizer_type": "var_hybrid",
+        **({"norm_groups": vae.norm_groups} if vae.norm_groups != 32 else {}),  # not an official key
         "hybrid": True, "double_decoder": False, "using_znorm": False, "quant_conv_ks": 3, "torch_dtype": "float32",
     }
 
@@ -334,4 +343,8 @@ def save(hart: Hart, path: str | Path) -> Path:
     save_file(vae_sd, str(root / "tokenizer" / "model.safetensors"), metadata={"format": "pt"})
     if hart.text is not None:
         save_text_encoder(hart.text, root / "text_encoder")
+    if getattr(hart, "preview", None) is not None:
+        from model.preview import save_preview
+
+        save_preview(root, hart.preview, hart.G)
     return root

@@ -63,6 +63,9 @@ class VAEConfig:
     num_res_blocks: int = 2  # decoder levels have num_res_blocks + 1 ResBlocks
     quant_resi: float = 0.5
     share_quant_resi: int = 4
+    # GroupNorm groups (official: 32). At ch=32 that is one channel per group, an instance norm that
+    # erases a flat image's colour at the first layer: the trained default uses 1 (docs/training.md).
+    norm_groups: int = 32
 
     @property
     def downsample(self) -> int:

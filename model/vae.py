@@ -16,15 +16,15 @@ from torch import nn
 from model.config import VAEConfig, phi_indices
 
 
-def Normalize(ch: int) -> nn.GroupNorm:  # noqa: N802 - official name
-    return nn.GroupNorm(32, ch, eps=1e-6, affine=True)
+def Normalize(ch: int, groups: int = 32) -> nn.GroupNorm:  # noqa: N802 - official name
+    return nn.GroupNorm(groups, ch, eps=1e-6, affine=True)
 
 
 class ResnetBlock(nn.Module):
-    def __init__(self, cin: int, cout: int):
+    def __init__(self, cin: int, cout: int, groups: int = 32):
         super().__init__()
-        self.norm1, self.conv1 = Normalize(cin), nn.Conv2d(cin, cout, 3, 1, 1)
-        self.norm2, self.conv2 = Normalize(cout), nn.Conv2d(cout, cout, 3, 1, 1)
+        self.norm1, self.conv1 = Normalize(cin, groups), nn.Conv2d(cin, cout, 3, 1, 1)
+        self.norm2, self.conv2 = Normalize(cout, groups), nn.Conv2d(cout, cout, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(cin, cout, 1) if cin != cout else nn.Identity()
 
     def forward(self, x):
@@ -36,10 +36,10 @@ class ResnetBlock(nn.Module):
 class AttnBlock(nn.Module):
     """Single-head spatial self-attention (softmax over keys, scale C^-1/2)."""
 
-    def __init__(self, ch: int):
+    def __init__(self, ch: int, groups: int = 32):
         super().__init__()
         self.C = ch
-        self.norm = Normalize(ch)
+        self.norm = Normalize(ch, groups)
         self.qkv = nn.Conv2d(ch, 3 * ch, 1)
         self.proj_out = nn.Conv2d(ch, ch, 1)
 
@@ -77,7 +77,7 @@ class Encoder(nn.Module):
 
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, mult, nres = cfg.ch, cfg.ch_mult, cfg.num_res_blocks
+        ch, mult, nres, g = cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.norm_groups
         n_lvl = len(mult)
         self.conv_in = nn.Conv2d(3, ch, 3, 1, 1)
         self.down = nn.ModuleList()
@@ -87,18 +87,18 @@ class Encoder(nn.Module):
             down.block, down.attn = nn.ModuleList(), nn.ModuleList()
             block_out = ch * mult[lvl]
             for _ in range(nres):
-                down.block.append(ResnetBlock(block_in, block_out))
+                down.block.append(ResnetBlock(block_in, block_out, g))
                 block_in = block_out
                 if lvl == n_lvl - 1:
-                    down.attn.append(AttnBlock(block_in))
+                    down.attn.append(AttnBlock(block_in, g))
             if lvl != n_lvl - 1:
                 down.downsample = Downsample2x(block_in)
             self.down.append(down)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
-        self.norm_out = Normalize(block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, g)
+        self.mid.attn_1 = AttnBlock(block_in, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, g)
+        self.norm_out = Normalize(block_in, g)
         self.conv_out = nn.Conv2d(block_in, cfg.z_channels, 3, 1, 1)
 
     def forward(self, x):
@@ -117,14 +117,14 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, cfg: VAEConfig):
         super().__init__()
-        ch, mult, nres = cfg.ch, cfg.ch_mult, cfg.num_res_blocks
+        ch, mult, nres, g = cfg.ch, cfg.ch_mult, cfg.num_res_blocks, cfg.norm_groups
         n_lvl = len(mult)
         block_in = ch * mult[-1]
         self.conv_in = nn.Conv2d(cfg.z_channels, block_in, 3, 1, 1)
         self.mid = nn.Module()
-        self.mid.block_1 = ResnetBlock(block_in, block_in)
-        self.mid.attn_1 = AttnBlock(block_in)
-        self.mid.block_2 = ResnetBlock(block_in, block_in)
+        self.mid.block_1 = ResnetBlock(block_in, block_in, g)
+        self.mid.attn_1 = AttnBlock(block_in, g)
+        self.mid.block_2 = ResnetBlock(block_in, block_in, g)
         ups: list[nn.Module] = []
         for lvl in reversed(range(n_lvl)):
             up = nn.Module()
@@ -132,15 +132,15 @@ class Decoder(nn.Module):
             up.block = nn.ModuleList()
             up.attn = nn.ModuleList()
             for _ in range(nres + 1):
-                up.block.append(ResnetBlock(block_in, block_out))
+                up.block.append(ResnetBlock(block_in, block_out, g))
                 block_in = block_out
                 if lvl == n_lvl - 1:
-                    up.attn.append(AttnBlock(block_in))
+                    up.attn.append(AttnBlock(block_in, g))
             if lvl != 0:
                 up.upsample = Upsample2x(block_in)
             ups.insert(0, up)
         self.up = nn.ModuleList(ups)
-        self.norm_out = Normalize(block_in)
+        self.norm_out = Normalize(block_in, g)
         self.conv_out = nn.Conv2d(block_in, 3, 3, 1, 1)
 
     def forward(self, z):

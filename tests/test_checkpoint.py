@@ -123,3 +123,27 @@ def test_pickled_objects_are_refused(saved, tmp_path):
 def test_official_fixture_loads_without_text_encoder(official_dir):
     h = model.load(official_dir)
     assert h.text is None and h.cfg.ar.context_token == 16
+
+
+def test_vae_norm_groups_round_trip_and_validation(tmp_path):
+    """norm_groups (not an official key) survives save/load and changes the decoder; a value that does
+    not divide the channel widths is refused by name."""
+    from dataclasses import replace
+
+    from model.build import build, seeded_model
+
+    base = seeded_model()
+    cfg = replace(base.cfg, vae=replace(base.cfg.vae, norm_groups=1))
+    hart = build(cfg)
+    hart.text = base.text
+    path = model.save(hart, tmp_path / "g1")
+    assert json.loads((path / "tokenizer" / "config.json").read_text())["norm_groups"] == 1
+    back = model.load(path)
+    assert back.cfg.vae.norm_groups == 1 and back.vae.decoder.norm_out.num_groups == 1
+    z = torch.randn(1, cfg.vae.z_channels, 4, 4)
+    assert torch.equal(back.vae.fhat_to_img(z), hart.vae.fhat_to_img(z))
+    assert not torch.allclose(base.vae.fhat_to_img(z), hart.vae.fhat_to_img(z))  # groups matter
+    cfg_file = path / "tokenizer" / "config.json"
+    cfg_file.write_text(json.dumps({**json.loads(cfg_file.read_text()), "norm_groups": 3}))
+    with pytest.raises(CheckpointError, match="norm_groups 3"):
+        model.load(path)

@@ -20,7 +20,7 @@ def model_config() -> HartConfig:
     text = replace(base.text, max_tokens=128)
     ar = ARConfig(depth=3, embed_dim=128, num_heads=4, context_token=128, context_dim=text.hidden_size,
                   patch_nums=SCHEDULES["256px"], diff_width=128, diff_depth=2, vocab_size=512, cvae=16)
-    vae = VAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2, 4))
+    vae = VAEConfig(vocab_size=512, z_channels=16, ch=32, ch_mult=(1, 1, 2, 2, 4), norm_groups=1)
     return HartConfig(name="trained", ar=ar, vae=vae, text=text)
 
 
@@ -35,15 +35,15 @@ class StagePlan:
 @dataclass(frozen=True)
 class Plan:
     model: HartConfig = field(default_factory=model_config)
-    vae: StagePlan = StagePlan(steps=900, batch=4, lr=1e-3)
+    vae: StagePlan = StagePlan(steps=1200, batch=4, lr=1e-3)
     vae_crop_frac: float = 0.85  # first 85% of VAE steps on half-size crops (~3× cheaper per image)
     vae_crop_batch_mult: int = 2  # crops per step = 2 × batch
     vae_continuous_frac: float = 0.15  # first 15% of VAE steps decode only the continuous latent (HART
     # started from VAR's trained tokenizer; from scratch the decoder first has to learn colours at all)
     vae_scenes: int = 0  # >0: the VAE cycles over this many scenes (tests); 0: the infinite stream
     pool: int = 3072  # scenes tokenized once by the trained VAE for the AR and diffusion stages
-    ar: StagePlan = StagePlan(steps=1200, batch=16, lr=1e-3)
-    diffusion: StagePlan = StagePlan(steps=400, batch=16, lr=1e-3)
+    ar: StagePlan = StagePlan(steps=1000, batch=16, lr=1e-3)
+    diffusion: StagePlan = StagePlan(steps=300, batch=16, lr=1e-3)
     cfg_drop: float = 0.1  # context dropout (classifier-free guidance)
     two_prob: float = 0.25  # share of two-shape scenes
     diffusion_repeat: int = 4  # noise draws per residual token (HART's diffusion_batch_mul)
