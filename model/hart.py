@@ -62,6 +62,7 @@ class Hart(nn.Module):
         self.steps: list[ScaleStep] = scale_steps(cfg.ar, cfg.sampler, cfg.vae.share_quant_resi)
         self.G = cfg.ar.patch_nums[-1]
         self.B = cfg.batch
+        self.preview = None  # model/preview.py Projection from CKPT/preview.json (model.load); not in state_dict
         d = cfg.ar.head_dim
         self.register_buffer("inv_freq_1d", rope_inv_freq(d, 2), persistent=False)
         self.register_buffer("inv_freq_2d", rope_inv_freq(d, 4), persistent=False)

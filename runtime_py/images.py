@@ -46,3 +46,31 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     with atomic_file(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def write_preview(folder: str | Path, frames: list[torch.Tensor], final: torch.Tensor | None = None,
+                  ms_per_frame: int = 300) -> list[Path]:
+    """Per-scale previews: scale_00.png … (one per frame, [3, H, W] in [0, 1]) and preview.gif (the frames,
+    then `final` held for a second if given). Everything is written to a temp folder next to `folder`
+    first; only complete files are moved in (no partial PNG/GIF on failure)."""
+    import shutil
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.partial-", dir=folder.parent))
+    try:
+        names = [f"scale_{i:02d}.png" for i in range(len(frames))]
+        pics = [Image.fromarray(to_uint8(f)) for f in frames]
+        for name, pic in zip(names, pics):
+            pic.save(tmp / name, format="PNG")
+        gif = pics + ([Image.fromarray(to_uint8(final))] if final is not None else [])
+        durations = [ms_per_frame] * len(pics) + ([1000] if final is not None else [])
+        gif[0].save(tmp / "preview.gif", format="GIF", save_all=True, append_images=gif[1:], duration=durations,
+                    loop=0)
+        out = []
+        for name in [*names, "preview.gif"]:
+            os.replace(tmp / name, folder / name)
+            out.append(folder / name)
+        return out
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -62,6 +62,39 @@ def _thresholds_problem(parity: Any) -> str | None:
     return None
 
 
+def preview_problem(p: Any, channels: int | None = None, grid: int | None = None) -> str | None:
+    """The first problem of a preview projection (manifest `preview` section or a checkpoint's
+    preview.json, model/preview.py): weight [3, C] and bias [3] of finite numbers, C = latent_channels
+    (= the latent's channels when known), grid = the latent side when both are given."""
+    if not isinstance(p, dict):
+        return "preview must be an object"
+    c = p.get("latent_channels")
+    if not _int(c) or c < 1:
+        return "preview.latent_channels must be a positive integer"
+    if channels is not None and c != channels:
+        return f"preview.latent_channels is {c} but the latent (f_hat) has {channels} channels"
+    w, b = p.get("weight"), p.get("bias")
+    if not (isinstance(w, list) and len(w) == 3 and all(isinstance(r, list) and len(r) == c and all(_num(v) for v in r)
+                                                        for r in w)):
+        return f"preview.weight must be 3 rows of {c} finite numbers ([3, latent_channels])"
+    if not (isinstance(b, list) and len(b) == 3 and all(_num(v) for v in b)):
+        return "preview.bias must be 3 finite numbers"
+    if "grid" in p and not (_int(p["grid"]) and p["grid"] > 0 and (grid is None or p["grid"] == grid)):
+        return f"preview.grid must be the latent side{f' ({grid})' if grid else ''}, got {p['grid']!r}"
+    if not isinstance(p.get("fit", {}), dict):
+        return "preview.fit must be an object"
+    return None
+
+
+def _fhat_shape(methods: list) -> list | None:
+    """Shape of the first method output named f_hat ([B, C, G, G]), if any."""
+    for meth in methods:
+        for t in meth["outputs"]:
+            if t["name"] == "f_hat":
+                return t["shape"]
+    return None
+
+
 def manifest_problem(m: Any, required: tuple[str, ...]) -> str | None:
     """The first structural problem of a parsed manifest.json, or None."""
     if not isinstance(m, dict):
@@ -98,6 +131,11 @@ def manifest_problem(m: Any, required: tuple[str, ...]) -> str | None:
         return "sampler.cfg_default must be a finite number"
     if "parity" in m and (p := _thresholds_problem(m["parity"])):
         return p
+    if "preview" in m:
+        shape = _fhat_shape(m["methods"])
+        ok_shape = shape is not None and len(shape) == 4
+        if p := preview_problem(m["preview"], shape[1] if ok_shape else None, shape[-1] if ok_shape else None):
+            return p
     for k in ("model", "schedule", "memory", "quantization", "components"):
         if k in m and not isinstance(m[k], dict):
             return f"{k} must be an object"

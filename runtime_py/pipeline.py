@@ -7,6 +7,7 @@ the tokenizer call and the RNG, both specified in docs/.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -68,7 +69,10 @@ class Pipeline:
             return torch.zeros(spec.shape, dtype=torch_dtype(spec.dtype))
         return env[spec.name].to(torch_dtype(spec.dtype))  # tokenizer outputs placed in env up front
 
-    def generate(self, prompt: str, seed: int, cfg: float, keep_trace: bool = False) -> Generation:
+    def generate(self, prompt: str, seed: int, cfg: float, keep_trace: bool = False,
+                 on_latent: Callable[[str, torch.Tensor], None] | None = None) -> Generation:
+        """`on_latent(method, latent)`: after every scale method, the latent a per-scale preview shows
+        (model/preview.py scale_latent: f_hat, at the last scale f_hat + e_last), [B, C, G, G] float32."""
         if seed < 0:
             raise ValueError("seed must be >= 0")
         t0 = time.perf_counter()
@@ -87,6 +91,12 @@ class Pipeline:
             timings[m.name] = (time.perf_counter() - t0) * 1e3
             if len(outs) != len(m.outputs):
                 raise ValueError(f"{m.name}: backend returned {len(outs)} outputs, spec has {len(m.outputs)}")
+            if on_latent is not None and m.name.startswith("scale_"):
+                from model.preview import scale_latent
+
+                lat = scale_latent({s.name: t for s, t in zip(m.outputs, outs)}, env)
+                if lat is not None:
+                    on_latent(m.name, lat)
             for s, t in zip(m.outputs, outs):
                 env[s.name] = t
             if "idx" in env and m.name.startswith("scale_"):

@@ -1,8 +1,11 @@
-"""python -m train --stage {vae,ar,diffusion,all} --out DIR [--resume] [--steps N] [--seed S]
+"""python -m train --stage {vae,ar,diffusion,preview,all} --out DIR [--resume] [--steps N] [--seed S]
 
 Trains the model/ architecture on the procedural world (data/) in stages; each stage starts from the
 previous stage's state in OUT/state/ and, when done, writes OUT/model in the official checkpoint layout
 (fp16 safetensors, VAE encoder included; `model.load` ignores the encoder unless asked).
+`--stage preview` (also the last step of `all`) fits the per-scale preview projection into
+OUT/model/preview.json (model/preview.py): on world renders through the VAE encoder, or from the decoder
+alone when the checkpoint has no encoder; seconds to a minute.
 """
 
 from __future__ import annotations
@@ -15,19 +18,21 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from model.checkpoint import save
+from model.checkpoint import CheckpointError, save
 from runtime_py.cli import OneLineParser
 from train.common import load_model_tensors, new_model
 from train.plan import TRAIN_SEED, Plan, tiny_plan
 from train.stages import ar_step_fn, build_pool, diffusion_step_fn, run_stage, vae_report, vae_step_fn
 
 STAGES = ("vae", "ar", "diffusion")
+PREVIEW_FIT = {"full": (192, 48), "tiny": (16, 8)}  # (fit, held-out) renders
 
 
 def parse_args(argv):
     p = OneLineParser(prog="python -m train", description="Train the model/ architecture on the procedural world "
                       "(data/) in stages: VAE tokenizer, AR transformer, diffusion head; see docs/training.md.")
-    p.add_argument("--stage", required=True, choices=(*STAGES, "all"), help="stage to run (all = vae, ar, diffusion)")
+    p.add_argument("--stage", required=True, choices=(*STAGES, "preview", "all"),
+                   help="stage to run (all = vae, ar, diffusion, preview); preview fits OUT/model/preview.json")
     p.add_argument("--out", type=Path, required=True, help="output folder (state/, loss_*.png, model/)")
     p.add_argument("--resume", action="store_true", help="continue a stage from OUT/state/<stage>.* if present")
     p.add_argument("--steps", type=int, default=None, help="override the plan's step count of each stage run")
@@ -77,6 +82,28 @@ def run(stage: str, plan: Plan, out: Path, seed: int, resume: bool, progress: bo
     return save(hart.half(), out / "model")
 
 
+def fit_preview_stage(out: Path, tiny: bool, seed: int, progress: bool) -> Path:
+    """OUT/model/preview.json: fitted on world renders through the encoder (the decoder fallback without one)."""
+    from model.checkpoint import load
+    from model.preview import fit_from_decoder, fit_from_renders, save_preview
+
+    ckpt = out / "model"
+    if not (ckpt / "tokenizer" / "model.safetensors").is_file():
+        raise SystemExit(f"python -m train: error: --stage preview needs the checkpoint {ckpt} (run the other "
+                         "stages first)")
+    log = (lambda m: print(m, file=sys.stderr)) if progress else None
+    try:
+        hart = load(ckpt, with_encoder=True)
+        n_fit, n_held = PREVIEW_FIT["tiny" if tiny else "full"]
+        proj = fit_from_renders(hart, n_fit, n_held, seed=seed, log=log)
+    except CheckpointError:  # no encoder in this checkpoint: fit from what the decoder draws
+        hart = load(ckpt)
+        proj = fit_from_decoder(hart, log=log)
+    path = save_preview(ckpt, proj, hart.G)
+    print(f"preview: {proj.fit['method']}, held-out PSNR {proj.fit['psnr_db']} dB on the latent grid -> {path}")
+    return ckpt
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -87,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         plan = replace(plan, pool=a.pool)
     a.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    for stage in STAGES if a.stage == "all" else (a.stage,):
-        path = run(stage, plan, a.out, a.seed, a.resume, not a.quiet)
+    for stage in (*STAGES, "preview") if a.stage == "all" else (a.stage,):
+        if stage == "preview":
+            path = fit_preview_stage(a.out, a.tiny, a.seed, not a.quiet)
+        else:
+            path = run(stage, plan, a.out, a.seed, a.resume, not a.quiet)
     print(f"wrote {path} ({sum(f.stat().st_size for f in path.rglob('*') if f.is_file()) / 1e6:.1f} MB) "
           f"in {time.time() - t0:.0f} s")
     return 0
