@@ -12,8 +12,10 @@ from tqdm import tqdm
 
 from runtime_py.cli import (
     OneLineParser,
+    UserError,
     add_checkpoint_args,
     check_checkpoint_args,
+    check_out_dir,
     check_out_file,
     cli_main,
     finite_float,
@@ -42,6 +44,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_checkpoint_args(p, "checkpoint folder in the official layout (default: seeded default model)", src)
     src.add_argument("--bundle", type=Path, help="exported bundle folder (manifest.json)")
     p.add_argument("--out", type=Path, default=Path("out.png"), help="PNG path (written atomically)")
+    p.add_argument("--preview", type=Path, default=None,
+                   help="folder for the per-scale preview: scale_00.png … (the latent after each scale through the "
+                        "model's latent-to-RGB projection, model/preview.py) and an animated preview.gif")
     p.add_argument("--unload-text-encoder", action="store_true",
                    help="bundles: release the text encoder program after encoding (lower peak; same image)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -58,6 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if a.bundle is not None and (a.top_k is not None or a.top_p is not None or a.hard):
         p.error("--top-k/--top-p/--hard are baked into a bundle at export time; re-export to change them")
     check_out_file(p, "--out", a.out)
+    if a.preview is not None:
+        check_out_dir(p, "--preview", a.preview)
     return a
 
 
@@ -79,10 +86,38 @@ def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | No
     if sampler != hart.cfg.sampler:
         rebuilt = Hart(replace(hart.cfg, sampler=sampler), with_text=False)
         rebuilt.load_state_dict(hart.state_dict(), strict=False)
-        rebuilt.text = hart.text
+        rebuilt.text, rebuilt.preview = hart.text, hart.preview
         hart = rebuilt.eval().requires_grad_(False)
     pipe = Pipeline(method_specs(hart), EagerBackend(hart), hart.text.tokenizer, progress=progress)
     return pipe, hart.cfg.sampler.cfg
+
+
+def preview_projection(pipe, bundle, quiet: bool):
+    """The latent-to-RGB projection: the bundle manifest's `preview` section; eager: the checkpoint's
+    preview.json, else fitted from the decoder now (model/preview.py, seconds)."""
+    from model.preview import Projection, fit_for
+
+    if bundle is not None:
+        if "preview" not in bundle.manifest:
+            raise UserError(f"bundle {bundle.root} has no preview section in manifest.json (exported before "
+                            "per-scale previews)", "re-export the bundle, or drop --preview")
+        return Projection.from_json(bundle.manifest["preview"], f"{bundle.root / 'manifest.json'} preview")
+    hart = pipe.backend.hart
+    log = None if quiet else (lambda m: print(m, file=sys.stderr))
+    if hart.preview is None and log:
+        log("preview: no fitted projection with this model (preview.json); fitting one from the decoder")
+    return fit_for(hart, log=log)
+
+
+def write_previews(folder: Path, proj, latents: list, image) -> None:
+    from model.preview import preview_rgb
+    from runtime_py.images import write_preview
+
+    size = image.shape[-1]
+    frames = [preview_rgb(lat, proj.weight, proj.bias, size) for lat in latents]
+    write_preview(folder, frames, final=image)
+    print(f"preview: {len(frames)} scales -> {folder}/scale_00.png … scale_{len(frames) - 1:02d}.png + preview.gif "
+          f"({proj.fit.get('method', 'fitted')}, held-out {proj.fit.get('psnr_db', '?')} dB)")
 
 
 @cli_main(PROG)
@@ -103,9 +138,16 @@ def main(argv: list[str] | None = None) -> int:
         source = f"eager {a.checkpoint or 'default seeded model'}"
     load_ms = (time.perf_counter() - t0) * 1e3
     pipe.unload_text_encoder = a.unload_text_encoder
-    gen = pipe.generate(a.prompt, a.seed, cfg)
+    proj = None
+    if a.preview is not None:
+        proj = preview_projection(pipe, bundle if a.bundle is not None else None, a.quiet)
+    latents: list = []
+    gen = pipe.generate(a.prompt, a.seed, cfg,
+                        on_latent=(lambda name, lat: latents.append(lat)) if proj is not None else None)
     from runtime_py.images import png_bytes, write_atomic
 
+    if proj is not None:
+        write_previews(a.preview, proj, latents, gen.image[0])
     write_atomic(a.out, png_bytes(gen.image[0]))
     total = sum(gen.timings_ms.values())
     print(f"{source}: seed {a.seed}, cfg {cfg}, image {tuple(gen.image.shape[-2:])} -> {a.out}")

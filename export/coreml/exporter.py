@@ -158,6 +158,7 @@ def export_coreml(hart: Hart, out: Path, quant: str = "int4", block_size: int = 
                                       source or fmt.default_source(), schedule, comps, cfg)
         finally:
             hart.reset_cache(torch.float32)
+        manifest["preview"] = fmt.preview_info(hart, progress)
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
         manifest = fmt.write_manifest(tmp, manifest)
     return Report(manifest, seconds, time.perf_counter() - t_start)
@@ -221,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     out = a.out or Path("bundles") / f"coreml-{a.quant}"
     try:
-        hart = load_model(a.checkpoint, a.text_encoder)
-        hart = with_memory_mode(with_schedule(hart, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
+        loaded = load_model(a.checkpoint, a.text_encoder)
+        hart = with_memory_mode(with_schedule(loaded, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
+        hart = fmt.keep_preview(loaded, hart)
         source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
         plan = fmt.auto_plan(hart, a, "coreml", a.block_size) if a.quant == "auto" else None
         rep = export_coreml(hart, out, a.quant, a.block_size, a.text_quant, a.compute_units, source,

@@ -151,7 +151,7 @@ def load_source(checkpoint: Path | None, schedule: str | None,
         return hart, fmt.default_source()
     hart = load_model(checkpoint, text_encoder)
     if schedule:
-        hart = with_patch_nums(hart, SCHEDULES[schedule])
+        hart = fmt.keep_preview(hart, with_patch_nums(hart, SCHEDULES[schedule]))
     return hart, fmt.checkpoint_source(checkpoint)
 
 
@@ -196,6 +196,7 @@ def export_bundle(hart: Hart, source: dict, out: Path, quant: str = "8da4w", gro
         hart.text.tokenizer.save(tmp / "tokenizer.json")
         fmt.write_golden(tmp, specs, trace, fmt.GOLDEN_PROMPT, fmt.GOLDEN_SEED, cfg)
         manifest = build_manifest(hart, specs, recipe, facts, source, schedule, tmp, cfg)
+        manifest["preview"] = fmt.preview_info(hart, progress)
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 1)
         manifest = fmt.write_manifest(tmp, manifest)
         bar.update()
@@ -341,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam
     try:
         hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
-        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
+        hart = fmt.keep_preview(hart, with_memory_mode(hart, a.kv_cache, a.attn_chunk))
         if a.quant == "8da4w":
             check_group_fits(hart, a.group_size)  # before any work: a misfit would ship fp32 layers
         plan = fmt.auto_plan(hart, a, "executorch", a.group_size) if a.quant == "auto" else None

@@ -108,6 +108,7 @@ def write_bundle(hart: Hart, graphs: Graphs, quant: str, out: Path, source: dict
         weights = shared.data_bytes + sum(shared.graph_bytes.values())
         manifest = build_manifest(hart, specs, methods, quant_info, source or fmt.default_source(), schedule,
                                   DATA_FILE, weights, cfg, sizes, _own_bytes(models, shared, "text_encoder"))
+        manifest["preview"] = fmt.preview_info(hart, progress)
         manifest = fmt.write_manifest(tmp, manifest)
     rows = [(s.name, prec[s.component], shared.graph_bytes[s.name] / 1024, _external_kb(models[s.name]),
              graphs.seconds.get(f"{s.name}/{'fp16' if prec[s.component] == 'fp16' else 'fp32'}", 0.0))
@@ -182,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.memory import with_memory_mode
 
         hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
-        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
+        hart = fmt.keep_preview(hart, with_memory_mode(hart, a.kv_cache, a.attn_chunk))
         rep = export_onnx(hart, a.quant, a.out, source, a.schedule, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m export.onnx: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
