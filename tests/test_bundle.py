@@ -254,10 +254,15 @@ def test_exporter_manifest_is_complete(tmp_path, default_hart, monkeypatch):
     assert m["schedule"]["patch_nums"] == list(default_hart.cfg.ar.patch_nums) and len(m["schedule"]["steps"]) == 10
     assert m["sampler"]["top_k"] == [s.top_k for s in steps] and m["sampler"]["cfg_default"] == 4.5
     assert m["rng"]["algorithm"] == "Philox4x32-10" and m["rng"]["streams"]["scale_03.noise_u"]["streams"] == [3, 1003]
-    assert m["tokenizer"] == {"file": "tokenizer.json", "max_tokens": 300, "pad_token": "<|endoftext|>", "pad_id": 256}
+    text, ar = default_hart.cfg.text, default_hart.cfg.ar
+    assert m["tokenizer"] == {"file": "tokenizer.json", "max_tokens": text.max_tokens, "pad_token": "<|endoftext|>",
+                              "pad_id": 256}
     assert m["model"]["source"] == {"kind": "default-seeded", "seed": 20241014, "config": "default"}
     assert set(m["versions"]) == {"torch", "executorch", "torchao", "python"}
-    assert m["memory"]["kv_cache_bytes"] == 2 * 2 * 2 * 4 * 979 * 32 * 4  # K+V, depth 2, 2 rows, 4 heads, 979, 32
+    kv_len = ar.context_token + sum(p * p for p in ar.patch_nums[1:])  # context + every token but the first scale
+    # K+V, depth, 2 CFG rows, heads, kv_len, head dim, fp32
+    head_dim = ar.embed_dim // ar.num_heads
+    assert m["memory"]["kv_cache_bytes"] == 2 * ar.depth * 2 * ar.num_heads * kv_len * head_dim * 4
     assert m["parity"]["thresholds"] == PARITY_THRESHOLDS["fp32"]
     assert set(m["quantization"]["components"]) == {"text_encoder", "ar_transformer", "diffusion_head", "vae_decoder"}
     assert all(e["entry"] == e["name"] and e["file"] == f"{e['component']}.pte" for e in m["methods"])

@@ -99,7 +99,7 @@ def test_fp32_bundle_reproduces_eager(fp32_bundle, fp32_report):
     assert all(c["bits_per_weight"] >= 32 for c in m["components"].values())
 
 
-def test_split_bundle_reproduces_eager(split_bundle):
+def test_split_bundle_reproduces_eager(split_bundle, default_hart):
     """One body method (ExecuTorch's update_cache / custom_sdpa) + glue: the fp32 gate against the plain
     per-scale eager model, and nothing but the body touches the KV cache."""
     r = run_parity(split_bundle)
@@ -109,7 +109,8 @@ def test_split_bundle_reproduces_eager(split_bundle):
     body = [x for x in m["methods"] if x["name"].startswith("ar_body_")]
     assert len(body) == len(m["schedule"]["patch_nums"]) and {(x["file"], x["entry"]) for x in body} == \
         {("ar_body.pte", "ar_body")}
-    assert set(m["executorch"]["mutable_state"]) == {f"hart.ar.blocks.{i}.attn.{k}_cache" for i in range(2)
+    depth = default_hart.cfg.ar.depth
+    assert set(m["executorch"]["mutable_state"]) == {f"hart.ar.blocks.{i}.attn.{k}_cache" for i in range(depth)
                                                      for k in "kv"}
     assert not any(c["shared_mutable_state"] for c in m["components"].values())
 
@@ -273,12 +274,13 @@ def test_8da4w_bundle_passes_its_gate_via_cli(bundles, tmp_path):
     assert (w, h) == (2 * 256, 2 * 256)  # eager | bundle, one row per end-to-end run
 
 
-def test_8da4w_recipe_is_recorded_and_compresses(bundles):
+def test_8da4w_recipe_is_recorded_and_compresses(bundles, default_hart):
     m = Bundle.open(bundles["8da4w"]).manifest
     ar = m["quantization"]["components"]["ar_transformer"]
     assert ar["scheme"] == "8da4w" and ar["group_size"] == 32
     blocks = [n for n in ar["quantized"] if ".blocks." in n]
-    assert len(blocks) == 2 * 5 and "ar.head" in ar["quantized"]  # qkv, proj, gate, up, down per block
+    # qkv, proj, gate, up, down per block
+    assert len(blocks) == default_hart.cfg.ar.depth * 5 and "ar.head" in ar["quantized"]
     assert "ar.word_embed" in ar["kept_float"]  # in_features 16: not a multiple of 32
     assert not any(n.startswith(("ar.lvl_embed", "ar.diffloss")) for n in ar["quantized"])
     assert m["quantization"]["components"]["diffusion_head"]["scheme"] == "fp16"

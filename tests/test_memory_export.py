@@ -46,7 +46,9 @@ def test_manifest_estimate_follows_the_mode(hart):
            for m in ("fp32", "fp16", "int8")}
     kv = {m: e["kv_cache_bytes"] for m, e in est.items()}
     assert kv["int8"] < kv["fp16"] < kv["fp32"]
-    values = 2 * 2 * 2 * 4 * 979 * 32  # K+V, depth 2, 2 CFG rows, 4 heads, 979 tokens, head dim 32
+    ar = hart.cfg.ar
+    kv_len = ar.context_token + sum(p * p for p in ar.patch_nums[1:])
+    values = 2 * ar.depth * 2 * ar.num_heads * kv_len * (ar.embed_dim // ar.num_heads)  # K+V, depth, 2 CFG rows
     assert kv == {"fp32": 4 * values, "fp16": 2 * values, "int8": values + 4 * values // 32}  # int8: + fp32 scales
     for m, e in est.items():
         assert e["kv_cache_bytes"] == kv_cache_bytes(with_memory_mode(hart, m, 0).cfg)  # buffers == analytic model
@@ -177,10 +179,13 @@ def test_executorch_int8_chunked_bundle(exports, hart):
     # the cache really is int8 inside the program: read the mutable buffers back out of the .pte
     state = mutable_state((out / "ar_transformer.pte").read_bytes())
     assert state == m["executorch"]["mutable_state"]
-    for i in range(2):
+    ar = hart.cfg.ar
+    heads, hd = ar.num_heads, ar.embed_dim // ar.num_heads
+    kv_len = ar.context_token + sum(p * p for p in ar.patch_nums[1:])
+    for i in range(ar.depth):
         for kv in "kv":
-            assert state[f"hart.ar.blocks.{i}.attn.{kv}_cache"] == {"dtype": "int8", "shape": [2, 4, 979, 32]}
-            assert state[f"hart.ar.blocks.{i}.attn.{kv}_scale"] == {"dtype": "float32", "shape": [2, 4, 979, 1]}
+            assert state[f"hart.ar.blocks.{i}.attn.{kv}_cache"] == {"dtype": "int8", "shape": [2, heads, kv_len, hd]}
+            assert state[f"hart.ar.blocks.{i}.attn.{kv}_scale"] == {"dtype": "float32", "shape": [2, heads, kv_len, 1]}
     _check_parity(out)
 
 

@@ -53,7 +53,9 @@ def test_specs_carry_the_cache_in_and_out(default_hart):
     ar = [m for m in specs if m.component == "ar_transformer"]
     assert [m.name for m in specs] == list(base) and len(ar) == 10
     shape = kv_shape(default_hart)
-    assert shape == (2, 2, 2, 4, 979, 32)  # layers, k|v, 2B, heads, context + sum(pn^2 for pn > 1), head dim
+    c = default_hart.cfg.ar
+    kv_len = c.context_token + sum(p * p for p in c.patch_nums[1:])
+    assert shape == (c.depth, 2, 2, c.num_heads, kv_len, c.embed_dim // c.num_heads)  # layers, k|v, 2B, heads
     for m in ar:
         kv_in = m.inputs[-1]
         assert kv_in.name == KV_NAME and kv_in.shape == shape
