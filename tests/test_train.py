@@ -190,3 +190,20 @@ def test_train_cli_rejects_bad_arguments(argv, capsys):
     with pytest.raises(SystemExit) as e:
         train_main(argv)
     assert e.value.code == 2 and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_shape_weighted_reconstruction_loss():
+    """Off-background pixels weigh 1 + w (normalised): the same error costs more on a shape than on the
+    background; w = 0 is the plain L1 + L2 loss."""
+    import torch.nn.functional as F
+
+    from train.stages import recon_loss
+
+    x = torch.full((1, 3, 16, 16), -1.0)
+    x[:, 0, 4:8, 4:8] = 1.0  # a red 4x4 shape on black
+    on_shape, on_bg = x.clone(), x.clone()
+    on_shape[:, 1, 4:8, 4:8] += 0.5
+    on_bg[:, 1, 10:14, 10:14] += 0.5
+    assert recon_loss(on_shape, x) == recon_loss(on_bg, x) == F.l1_loss(on_bg, x) + F.mse_loss(on_bg, x)
+    assert recon_loss(on_shape, x, 10.0) > 5 * recon_loss(on_bg, x, 10.0)
+    assert torch.isclose(recon_loss(on_bg, torch.full_like(x, -1.0), 10.0), recon_loss(on_bg, torch.full_like(x, -1.0)))

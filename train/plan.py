@@ -41,6 +41,8 @@ class Plan:
     vae_continuous_frac: float = 0.15  # first 15% of VAE steps decode only the continuous latent (HART
     # started from VAR's trained tokenizer; from scratch the decoder first has to learn colours at all)
     vae_scenes: int = 0  # >0: the VAE cycles over this many scenes (tests); 0: the infinite stream
+    vae_shape_weight: float = 0.0  # reconstruction weight of pixels off the background colour (1 + w); shapes
+    # cover ~2-8% of a scene, so an unweighted loss learns backgrounds and leaves shape colours wrong
     pool: int = 3072  # scenes tokenized once by the trained VAE for the AR and diffusion stages
     ar: StagePlan = StagePlan(steps=1000, batch=16, lr=1e-3)
     diffusion: StagePlan = StagePlan(steps=300, batch=16, lr=1e-3)

@@ -88,6 +88,18 @@ def _log(out: Path, stage: str, info: dict) -> None:
 
 # ---- stage 1: VAE tokenizer ---------------------------------------------------------------------
 
+def recon_loss(rec: torch.Tensor, x: torch.Tensor, shape_weight: float = 0.0) -> torch.Tensor:
+    """L1 + L2; with shape_weight > 0 every pixel off its image's background colour (the per-channel
+    median: the background covers most of a scene or crop) weighs 1 + shape_weight, normalised so a
+    scene without shapes keeps the plain loss."""
+    if shape_weight <= 0:
+        return F.l1_loss(rec, x) + F.mse_loss(rec, x)
+    bg = x.flatten(2).median(dim=2).values[:, :, None, None]
+    w = 1 + shape_weight * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.1).float()
+    w = w / w.mean()
+    return (w * (rec - x).abs()).mean() + (w * (rec - x).pow(2)).mean()
+
+
 def vae_step_fn(hart: Hart, plan: Plan, seed: int, restart_every: int = 25):
     vae, cfg, sp = hart.vae, hart.cfg, plan.vae
     hits = torch.zeros(cfg.vae.vocab_size)
@@ -113,7 +125,7 @@ def vae_step_fn(hart: Hart, plan: Plan, seed: int, restart_every: int = 25):
         continuous = step < warm_steps or bool(torch.rand((), generator=gen) < 0.5)
         f_dec = f if continuous else f + (tok.f_hat - f).detach()  # straight-through to the encoder
         rec = vae.decoder(vae.post_quant_conv(f_dec))
-        l_rec = F.l1_loss(rec, x) + F.mse_loss(rec, x)
+        l_rec = recon_loss(rec, x, plan.vae_shape_weight)
         l_bound = F.relu((f - tok.f_hat.detach()).abs() - RESIDUAL_BOUND).pow(2).mean()
         loss = l_rec + tok.vq_loss + l_bound
         loss.backward()
