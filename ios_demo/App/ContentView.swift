@@ -2,7 +2,8 @@ import DemoCore
 import SwiftUI
 
 /// One screen: prompt, seed, cfg, Generate / Cancel, a preview updated after every scale (the scale's
-/// token map, then the decoded image), "Verify bundle" and "Benchmark".
+/// latent through the manifest's preview projection, or its token map without one, then the decoded
+/// image), "Verify bundle" and "Benchmark".
 struct ContentView: View {
     @EnvironmentObject var model: DemoModel
 

@@ -71,9 +71,17 @@ final class DemoModel: ObservableObject {
             let token = CancelToken()
             cancelToken = token
             let (p, s, c) = (prompt, Int64(seed) ?? 0, Float(cfg) ?? 4.5)
+            // the manifest's latent-to-RGB projection when it has one (model/preview.py), else hashed token colours
+            let projection = pipeline.manifest.preview
+            pipeline.latentListener = projection.map { proj in
+                { _, _, latent in
+                    guard let rgba = try? proj.toRGBA(latent, size: 256) else { return }
+                    Task { @MainActor in self.preview = Self.cgImage(rgba: rgba, width: 256, height: 256) }
+                }
+            }
             let gen = try await Task.detached(priority: .userInitiated) {
                 try pipeline.generate(prompt: p, seed: s, cfg: c, cancel: token) { index, total, method, _, tokens in
-                    let preview = tokens.map { Pixels.tokenPreview($0.longs!, size: 256) }
+                    let preview = projection == nil ? tokens.map { Pixels.tokenPreview($0.longs!, size: 256) } : nil
                     Task { @MainActor in
                         self.status = "Running \(method) (\(index + 1)/\(total))"
                         if let rgba = preview { self.preview = Self.cgImage(rgba: rgba, width: 256, height: 256) }

@@ -95,6 +95,8 @@ public struct Manifest {
     public let goldenIndex: String?
     /// Parity limits for the golden check (parity.thresholds.golden); fp32 defaults.
     public let goldenLimits: [String: Double]
+    /// The per-scale preview projection (manifest `preview`, model/preview.py), nil in older bundles.
+    public var preview: PreviewProjection? = nil
 
     public func method(_ name: String) throws -> MethodSpec {
         guard let m = methods.first(where: { $0.name == name }) else { throw ManifestError("no method '\(name)'") }
@@ -152,8 +154,10 @@ public struct Manifest {
             computeUnits: units,
             goldenIndex: (o["golden"] as? [String: Any])?["index"] as? String,
             goldenLimits: limits)
-        try validate(m)
-        return m
+        var checked = m
+        checked.preview = try PreviewProjection.parse(o["preview"])
+        try validate(checked)
+        return checked
     }
 
     static func parseTokenizer(_ t: Any?) throws -> TokenizerInfo {

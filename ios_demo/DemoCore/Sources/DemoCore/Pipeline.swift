@@ -37,6 +37,10 @@ public final class CancelToken: @unchecked Sendable {
 /// After each method; `tokens` is the scale's sampled `idx` (nil for other methods).
 public typealias PipelineListener = (_ index: Int, _ total: Int, _ method: String, _ ms: Double, _ tokens: Tensor?) -> Void
 
+/// After each scale method: the latent the per-scale preview shows (PreviewProjection.scaleLatent: f_hat,
+/// at the last scale f_hat + e_last), [B, C, G, G] float32.
+public typealias LatentListener = (_ index: Int, _ method: String, _ latent: Tensor) -> Void
+
 public struct Generation {
     public let image: Tensor
     public let tokens: [String: Tensor]
@@ -51,6 +55,8 @@ public final class Pipeline {
     public let manifest: Manifest
     public let runner: MethodRunner
     public let encoder: PromptEncoder
+    /// Called with each scale's preview latent during generate (set it before calling generate).
+    public var latentListener: LatentListener?
 
     public init(manifest: Manifest, runner: MethodRunner, encoder: PromptEncoder) {
         self.manifest = manifest
@@ -99,12 +105,14 @@ public final class Pipeline {
             guard outs.count == m.outputs.count else {
                 throw PipelineError("\(m.name): runner returned \(outs.count) outputs, spec has \(m.outputs.count)")
             }
-            for (s, t) in zip(m.outputs, outs) {
-                guard t.shape == s.shape else {
-                    throw PipelineError("\(m.name): output \(s.name) has shape \(t.shape), expected \(s.shape)")
-                }
-                env[s.name] = t
+            for (s, t) in zip(m.outputs, outs) where t.shape != s.shape {
+                throw PipelineError("\(m.name): output \(s.name) has shape \(t.shape), expected \(s.shape)")
             }
+            if let onLatent = latentListener, m.name.hasPrefix("scale_") {
+                let named = Dictionary(zip(m.outputs.map(\.name), outs), uniquingKeysWith: { a, _ in a })
+                if let latent = PreviewProjection.scaleLatent(outputs: named, env: env) { onLatent(i, m.name, latent) }
+            }
+            for (s, t) in zip(m.outputs, outs) { env[s.name] = t }
             var idx: Tensor?
             if m.name.hasPrefix("scale_"), let t = env.removeValue(forKey: "idx") {
                 idx = t
