@@ -93,8 +93,10 @@ class DemoViewModel(
     fun generate() =
         launchWork {
             val st = _state.value
-            val (_, pipeline) = session()
+            val (bundle, pipeline) = session()
             val token = CancelToken().also { cancel = it }
+            // the manifest's latent-to-RGB projection when it has one (model/preview.py), else hashed token colours
+            val projection = bundle.manifest.preview
             val listener =
                 object : PipelineListener {
                     override fun onMethodDone(
@@ -105,7 +107,17 @@ class DemoViewModel(
                         tokens: Tensor?,
                     ) {
                         status("Running $method (${index + 1}/$total)")
-                        if (tokens != null) _state.update { it.copy(preview = bitmap(Pixels.tokenPreview(tokens.longData(), 256), 256)) }
+                        if (tokens != null && projection == null) {
+                            _state.update { it.copy(preview = bitmap(Pixels.tokenPreview(tokens.longData(), 256), 256)) }
+                        }
+                    }
+
+                    override fun onLatent(
+                        index: Int,
+                        method: String,
+                        latent: Tensor,
+                    ) {
+                        if (projection != null) _state.update { it.copy(preview = bitmap(projection.toArgb(latent, 256), 256)) }
                     }
                 }
             val gen = pipeline.generate(st.prompt, st.seed.toLongOrNull() ?: 0L, st.cfg.toFloatOrNull() ?: 4.5f, listener, token)

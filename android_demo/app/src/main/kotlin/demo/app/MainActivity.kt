@@ -40,7 +40,8 @@ import org.hartmobile.demo.R
 
 /**
  * One screen: prompt, seed, cfg, Generate / Cancel, a preview updated after every scale (the
- * scale's token map, then the decoded image), "Verify bundle" and "Benchmark".
+ * latent through the manifest's preview projection, or its token map without one, then the
+ * decoded image), "Verify bundle" and "Benchmark".
  * `adb shell am start -n org.hartmobile.demo/demo.app.MainActivity --ez benchmark true --ei runs 5`
  * starts a benchmark without touching the screen.
  */

@@ -72,6 +72,9 @@ class Manifest(
     val computeUnits: String?,
     val raw: JSONObject,
 ) {
+    /** The per-scale preview projection (manifest `preview`, model/preview.py), null in older bundles. */
+    val preview: PreviewProjection? = PreviewProjection.parse(raw.opt("preview"))
+
     /** golden/index.json path when the bundle carries eager reference tensors (export/bundle.py). */
     val goldenIndex: String? get() = raw.optJSONObject("golden")?.optString("index")?.ifEmpty { null }
 

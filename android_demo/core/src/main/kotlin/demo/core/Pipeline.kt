@@ -28,6 +28,16 @@ interface PipelineListener {
         ms: Double,
         tokens: Tensor?,
     ) {}
+
+    /**
+     * After each scale method: the latent the per-scale preview shows ([PreviewProjection.scaleLatent]:
+     * f_hat, at the last scale f_hat + e_last), [B, C, G, G] float32.
+     */
+    fun onLatent(
+        index: Int,
+        method: String,
+        latent: Tensor,
+    ) {}
 }
 
 class Generation(
@@ -96,8 +106,12 @@ class Pipeline(
                 if (!t.shape.contentEquals(s.shape)) {
                     throw IllegalStateException("${m.name}: output ${s.name} has shape ${t.shapeString()}, expected ${s.shapeString()}")
                 }
-                env[s.name] = t
             }
+            if (listener != null && m.name.startsWith("scale_")) {
+                val named = m.outputs.zip(outs).associate { (s, t) -> s.name to t }
+                PreviewProjection.scaleLatent(named, env)?.let { listener.onLatent(i, m.name, it) }
+            }
+            for ((s, t) in m.outputs.zip(outs)) env[s.name] = t
             var idx: Tensor? = null
             if (m.name.startsWith("scale_") && "idx" in env) {
                 idx = env.remove("idx")!!
