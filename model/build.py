@@ -58,6 +58,7 @@ def with_config(hart: Hart, cfg: HartConfig, what: str) -> Hart:
     if missing:
         raise ValueError(f"{what} change lost weights: {missing[:3]}")
     out.text = hart.text
+    out.preview = hart.preview  # the latent-to-RGB projection does not depend on the schedule or the mode
     return out.eval().requires_grad_(False)
 
 
