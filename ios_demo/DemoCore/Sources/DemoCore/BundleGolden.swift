@@ -2,9 +2,14 @@ import Foundation
 
 /// A bundle's golden/ folder (export/bundle.py write_golden): eager reference inputs and outputs of
 /// every method, raw little-endian C-order .bin files listed in golden/index.json. `check` is the
-/// phone side of runtime_py/parity.py golden_check (same as the Kotlin BundleGolden).
+/// phone side of runtime_py/parity.py golden_check (same as the Kotlin BundleGolden): token agreement
+/// over the int64 outputs named `idx`, SQNR over float outputs; every other int64 output (the split
+/// layout's `start_pos`) is bookkeeping, not tokens, and must be exactly equal, else the report fails
+/// naming the method and output.
 public struct BundleGolden {
     public static let inf = 999.0
+    /// The only int64 output counted as sampled tokens; other int64 outputs must match exactly.
+    public static let tokens = "idx"
 
     public let prompt: String
     public let seed: Int64
@@ -78,6 +83,12 @@ public struct BundleGolden {
         }
     }
 
+    /// The first few values of an int64 output, for a report row.
+    static func shown(_ a: [Int64]) -> String {
+        let head = a.prefix(8).map(String.init).joined(separator: ", ")
+        return a.count <= 8 ? "[\(head)]" : "[\(head), …]"
+    }
+
     public static func sqnr(_ ref: Tensor, _ got: Tensor) -> Double {
         var signal = 0.0
         var noise = 0.0
@@ -97,6 +108,7 @@ public struct BundleGolden {
         var total = 0
         var minSqnr = Self.inf
         var rows = [String]()
+        var inexact = [String]()
         for m in manifest.methods {
             if cancel?.cancelled == true { throw CancelledError() }
             guard let ins = inputs[m.name], let ref = outputs[m.name] else { throw ManifestError("golden has no tensors for \(m.name)") }
@@ -105,7 +117,15 @@ public struct BundleGolden {
                 guard ref[i].shape == got[i].shape else {
                     throw PipelineError("\(m.name).\(s.name): shape \(got[i].shape) != \(ref[i].shape)")
                 }
-                if s.dtype == .int64 {
+                if s.dtype == .int64, s.name != Self.tokens {
+                    let a = ref[i].longs!, b = got[i].longs!
+                    if a == b {
+                        rows.append("\(m.name).\(s.name): int64 exact \(Self.shown(a))")
+                    } else {
+                        rows.append("\(m.name).\(s.name): int64 \(Self.shown(b)) != golden \(Self.shown(a))")
+                        inexact.append("\(m.name).\(s.name): int64 output differs (exact match required)")
+                    }
+                } else if s.dtype == .int64 {
                     let a = ref[i].longs!, b = got[i].longs!
                     let eq = a.indices.filter { a[$0] == b[$0] }.count
                     equal += eq
@@ -120,10 +140,12 @@ public struct BundleGolden {
         }
         let agreement = total == 0 ? 1.0 : Double(equal) / Double(total)
         let values = ["token_agreement": agreement, "sqnr_db": minSqnr]
-        let failures = (limits ?? manifest.goldenLimits).sorted { $0.key < $1.key }.compactMap { k, v -> String? in
-            let got = values[k] ?? Self.inf
-            return got < v ? String(format: "%@ %.4g < %.4g", k, got, v) : nil
-        }
+        let failures =
+            inexact
+            + (limits ?? manifest.goldenLimits).sorted { $0.key < $1.key }.compactMap { k, v -> String? in
+                let got = values[k] ?? Self.inf
+                return got < v ? String(format: "%@ %.4g < %.4g", k, got, v) : nil
+            }
         return Report(tokenAgreement: agreement, minSqnrDb: minSqnr, rows: rows, failures: failures)
     }
 

@@ -49,6 +49,7 @@ final class BundleGoldenTests: XCTestCase {
             "context": Tensor(floats: (0..<40).map { Float($0) * 0.25 - 3 }, shape: [1, 40]),
             "noise_u": try Philox.drawNoise(m.method("scale_00").inputs[1], seed: 7),
             "idx": Tensor(longs: [5, 9], shape: [1, 2]),
+            "start_pos": Tensor(longs: [302], shape: [1]),
             "image": Tensor(floats: [0.1, 0.5, 0.9], shape: [1, 3, 1, 1]),
         ]
         var entries = [[String: Any]]()
@@ -118,6 +119,51 @@ final class BundleGoldenTests: XCTestCase {
         let w = try g.check(m, runner: wrong)
         XCTAssertEqual(w.tokenAgreement, 0.5)
         XCTAssertTrue(w.failures.first!.hasPrefix("token_agreement"))
+    }
+
+    /// `manifestJSON` with an int64 `start_pos` output of scale_00 (bookkeeping of the split AR layout, not tokens).
+    func startPosManifest() throws -> Manifest {
+        var o = try JSONSerialization.jsonObject(with: Data(manifestJSON.utf8)) as! [String: Any]
+        var methods = o["methods"] as! [[String: Any]]
+        methods[1]["outputs"] = [
+            ["name": "idx", "shape": [1, 2], "dtype": "int64"], ["name": "start_pos", "shape": [1], "dtype": "int64"],
+            ["name": "image", "shape": [1, 3, 1, 1], "dtype": "float32"],
+        ]
+        o["methods"] = methods
+        return try Manifest.parse(o)
+    }
+
+    /// As runtime_py/parity.py: only `idx` outputs are tokens; any other int64 output must be exactly equal.
+    func testOnlyIdxCountsAsTokensAndOtherInt64OutputsMustBeExact() throws {
+        let m = try startPosManifest()
+        try writeGolden(m)
+        let g = try BundleGolden.load(bundleDir: dir)
+        XCTAssertEqual(try m.method("scale_00").outputs.map(\.name), ["idx", "start_pos", "image"])
+        func replacing(_ name: String, _ t: Tensor) -> ClosureRunner {
+            ClosureRunner { method, _ in
+                zip(try m.method(method).outputs, g.outputs[method]!).map { method == "scale_00" && $0.name == name ? t : $1 }
+            }
+        }
+        let ok = try g.check(m, runner: ClosureRunner { method, _ in g.outputs[method]! })
+        XCTAssertTrue(ok.passed, "\(ok.failures)")
+        XCTAssertTrue(ok.rows.contains("scale_00.idx: token agreement 1.0000"), "\(ok.rows)")
+        XCTAssertTrue(ok.rows.contains("scale_00.start_pos: int64 exact [302]"), "\(ok.rows)")
+
+        let badPos = Tensor(longs: [303], shape: [1])
+        let pos = try g.check(m, runner: replacing("start_pos", badPos))
+        XCTAssertEqual(pos.failures, ["scale_00.start_pos: int64 output differs (exact match required)"])
+        XCTAssertEqual(pos.tokenAgreement, 1, "start_pos is not a token")
+        XCTAssertTrue(pos.rows.contains("scale_00.start_pos: int64 [303] != golden [302]"), "\(pos.rows)")
+        // exactness is not a threshold: even limits that accept anything keep the failure
+        XCTAssertFalse(try g.check(m, runner: replacing("start_pos", badPos), limits: [:]).passed)
+
+        let badIdx = Tensor(longs: [5, 8], shape: [1, 2])
+        let tok = try g.check(m, runner: replacing("idx", badIdx))
+        XCTAssertEqual(tok.tokenAgreement, 0.5, "1 of the 2 idx tokens; start_pos does not count")
+        XCTAssertEqual(tok.failures.map { $0.split(separator: " ").first.map(String.init) ?? "" }, ["token_agreement"])
+        XCTAssertTrue(tok.rows.contains("scale_00.start_pos: int64 exact [302]"), "\(tok.rows)")
+        let lenient = try g.check(m, runner: replacing("idx", badIdx), limits: ["token_agreement": 0.5])
+        XCTAssertTrue(lenient.passed, "\(lenient.failures)")
     }
 
     func testAppLoopReproducesTheBundleGoldenInputs() throws {

@@ -9,8 +9,10 @@ import java.nio.ByteOrder
  * A bundle's golden/ folder (export/bundle.py write_golden): eager reference inputs and outputs of
  * every method, raw little-endian C-order .bin files listed in golden/index.json. [check] is the
  * phone side of runtime_py/parity.py golden_check: every method on its golden inputs, in call order
- * (the KV cache carries between scale methods), outputs compared by token agreement (int64) and
- * SQNR (float) against the manifest's parity thresholds.
+ * (the KV cache carries between scale methods), outputs compared by token agreement (the int64
+ * outputs named `idx`) and SQNR (float) against the manifest's parity thresholds. Every other int64
+ * output (the split layout's `start_pos`) is bookkeeping, not tokens: it must be exactly equal, else
+ * the report fails naming the method and output (runtime_py/parity.py Tally.add).
  */
 class BundleGolden(
     val prompt: String,
@@ -38,6 +40,7 @@ class BundleGolden(
         var total = 0L
         var minSqnr = INF
         val rows = mutableListOf<String>()
+        val inexact = mutableListOf<String>()
         for (m in manifest.methods) {
             if (cancel?.cancelled == true) throw CancelledException()
             val ins = inputs[m.name] ?: throw ManifestException("golden has no inputs for ${m.name}")
@@ -52,7 +55,16 @@ class BundleGolden(
                 ) {
                     throw IllegalStateException("${m.name}.${s.name}: shape ${g.shapeString()} != ${r.shapeString()}")
                 }
-                if (s.dtype == DType.INT64) {
+                if (s.dtype == DType.INT64 && s.name != TOKENS) {
+                    val a = r.longData()
+                    val b = g.longData()
+                    if (a.contentEquals(b)) {
+                        rows += "${m.name}.${s.name}: int64 exact ${shown(a)}"
+                    } else {
+                        rows += "${m.name}.${s.name}: int64 ${shown(b)} != golden ${shown(a)}"
+                        inexact += "${m.name}.${s.name}: int64 output differs (exact match required)"
+                    }
+                } else if (s.dtype == DType.INT64) {
                     val a = r.longData()
                     val b = g.longData()
                     val eq = a.indices.count { a[it] == b[it] }
@@ -68,7 +80,8 @@ class BundleGolden(
         }
         val agreement = if (total == 0L) 1.0 else equal.toDouble() / total
         val values = mapOf("token_agreement" to agreement, "sqnr_db" to minSqnr)
-        val failures = limits.filter { (k, v) -> (values[k] ?: INF) < v }.map { (k, v) -> "$k %.4g < %.4g".format(values[k], v) }
+        val failures =
+            inexact + limits.filter { (k, v) -> (values[k] ?: INF) < v }.map { (k, v) -> "$k %.4g < %.4g".format(values[k], v) }
         return Report(agreement, minSqnr, rows, failures)
     }
 
@@ -97,6 +110,13 @@ class BundleGolden(
 
     companion object {
         const val INF = 999.0
+
+        /** The only int64 output counted as sampled tokens; other int64 outputs must match exactly. */
+        const val TOKENS = "idx"
+
+        /** The first few values of an int64 output, for a report row. */
+        private fun shown(a: LongArray): String =
+            if (a.size <= 8) a.joinToString(", ", "[", "]") else a.take(8).joinToString(", ", "[", ", …]")
 
         fun sqnr(
             ref: Tensor,

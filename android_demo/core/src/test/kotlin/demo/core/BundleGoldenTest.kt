@@ -46,14 +46,27 @@ class BundleGoldenTest {
         "golden":{"index":"golden/index.json","prompt":"ab","seed":7,"cfg":3.5},
         "files":{}}"""
 
-    private fun writeBundle(): Pair<Manifest, Map<String, Tensor>> {
-        val m = Manifest.parse(manifestJson)
+    /** [manifestJson] with an int64 `start_pos` output of scale_00 (bookkeeping of the split AR layout, not tokens). */
+    private val startPosJson: String =
+        JSONObject(manifestJson)
+            .also {
+                it
+                    .getJSONArray("methods")
+                    .getJSONObject(1)
+                    .getJSONArray("outputs")
+                    .put(1, JSONObject().put("name", "start_pos").put("shape", JSONArray(listOf(1))).put("dtype", "int64"))
+                    .put(2, JSONObject().put("name", "image").put("shape", JSONArray(listOf(1, 3, 1, 1))).put("dtype", "float32"))
+            }.toString()
+
+    private fun writeBundle(json: String = manifestJson): Pair<Manifest, Map<String, Tensor>> {
+        val m = Manifest.parse(json)
         val t =
             mapOf(
                 "token_ids" to PromptEncoder(ByteTokenizer(), 4).encode("ab").first,
                 "context" to Tensor.ofFloats(intArrayOf(1, 40), FloatArray(40) { it * 0.25f - 3f }),
                 "noise_u" to Philox.drawNoise(m.method("scale_00").inputs[1], 7),
                 "idx" to Tensor.ofLongs(intArrayOf(1, 2), longArrayOf(5, 9)),
+                "start_pos" to Tensor.ofLongs(intArrayOf(1), longArrayOf(302)),
                 "image" to Tensor.ofFloats(intArrayOf(1, 3, 1, 1), floatArrayOf(0.1f, 0.5f, 0.9f)),
             )
         File(dir, "golden").mkdirs()
@@ -157,6 +170,43 @@ class BundleGoldenTest {
         val w = g.check(m, wrong)
         assertEquals(0.5, w.tokenAgreement)
         assertTrue(w.failures.single().startsWith("token_agreement"))
+    }
+
+    /** As runtime_py/parity.py: only `idx` outputs are tokens; any other int64 output must be exactly equal. */
+    @Test
+    fun onlyIdxCountsAsTokensAndOtherInt64OutputsMustBeExact() {
+        val (m, _) = writeBundle(startPosJson)
+        val g = BundleGolden.load(dir)
+        assertEquals(listOf("idx", "start_pos", "image"), m.method("scale_00").outputs.map { it.name })
+
+        fun replacing(
+            name: String,
+            t: Tensor,
+        ) = Fixed { meth ->
+            m
+                .method(meth)
+                .outputs
+                .zip(g.outputs.getValue(meth))
+                .map { (s, o) -> if (meth == "scale_00" && s.name == name) t else o }
+        }
+        val ok = g.check(m, Fixed { g.outputs.getValue(it) })
+        assertTrue(ok.passed, ok.failures.toString())
+        assertTrue("scale_00.idx: token agreement 1.0000" in ok.rows, ok.rows.toString())
+        assertTrue("scale_00.start_pos: int64 exact [302]" in ok.rows, ok.rows.toString())
+
+        val pos = g.check(m, replacing("start_pos", Tensor.ofLongs(intArrayOf(1), longArrayOf(303))))
+        assertEquals(listOf("scale_00.start_pos: int64 output differs (exact match required)"), pos.failures)
+        assertEquals(1.0, pos.tokenAgreement, "start_pos is not a token")
+        assertTrue("scale_00.start_pos: int64 [303] != golden [302]" in pos.rows, pos.rows.toString())
+        // exactness is not a threshold: even limits that accept anything keep the failure
+        assertTrue(!g.check(m, replacing("start_pos", Tensor.ofLongs(intArrayOf(1), longArrayOf(303))), mapOf()).passed)
+
+        val tok = g.check(m, replacing("idx", Tensor.ofLongs(intArrayOf(1, 2), longArrayOf(5, 8))))
+        assertEquals(0.5, tok.tokenAgreement, "1 of the 2 idx tokens; start_pos does not count")
+        assertEquals(listOf("token_agreement"), tok.failures.map { it.substringBefore(' ') })
+        assertTrue("scale_00.start_pos: int64 exact [302]" in tok.rows, tok.rows.toString())
+        val lenient = g.check(m, replacing("idx", Tensor.ofLongs(intArrayOf(1, 2), longArrayOf(5, 8))), mapOf("token_agreement" to 0.5))
+        assertTrue(lenient.passed, lenient.failures.toString())
     }
 
     @Test
