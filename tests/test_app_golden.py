@@ -79,7 +79,7 @@ def test_app_golden_matches_the_reference():
     fresh = json.loads(tool.dumps(tool.build()))
     committed = json.loads(GOLDEN.read_text(encoding="utf-8"))
     assert GOLDEN.stat().st_size < 2_000_000
-    for key in ("schema_version", "fingerprint", "manifest", "rng", "pixels", "bundle_digest", "run"):
+    for key in ("schema_version", "fingerprint", "manifest", "split_methods", "rng", "pixels", "bundle_digest", "run"):
         _close(committed[key], fresh[key], f"$.{key}")
     by_name = {t["name"]: t for t in fresh["tokenizers"]}
     _close(committed["tokenizers"][0], by_name["byte_level"], "$.tokenizers[byte_level]")

@@ -5,6 +5,10 @@
 Contents (everything computed by the Python reference code, nothing hand-typed):
 - `manifest`: the method contract of the default model (model.stages.method_specs) in the bundle
   manifest layout the apps parse (schema_version, methods with inputs/outputs/sources/rng streams).
+- `split_methods`: the default model's split AR layout (model.stages.split_method_specs, the ExecuTorch
+  exporter's default) exactly as export/executorch/exporter.py writes it into manifest["methods"]:
+  `ar_prefill`, per scale a body call `ar_body_XX` (file ar_body.pte, entry ar_body) and its glue
+  `scale_XX`, with `start_pos` (int64, not tokens) flowing from the previous glue to each body call.
 - `rng`: pipeline-style multi-stream draws (runtime_py.pipeline.draw_noise) for a few specs.
 - `tokenizers`: the byte-level default tokenizer and a small Qwen2-style byte-level BPE (trained here
   with `tokenizers`, same normalizer / Split regex / ByteLevel / added tokens as Qwen2), each with its
@@ -35,7 +39,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model.build import default_model  # noqa: E402
-from model.stages import TensorSpec, method_specs  # noqa: E402
+from model.stages import BODY, TensorSpec, method_specs, split_method_specs  # noqa: E402
 from model.tokenizer import MAX_TOKENS, PAD_TOKEN, PromptTokenizer, byte_level_tokenizer  # noqa: E402
 from runtime_py.images import to_uint8  # noqa: E402
 from runtime_py.pipeline import EagerBackend, Pipeline, draw_noise  # noqa: E402
@@ -104,6 +108,15 @@ def manifest_json(specs, hart) -> dict:
         ],
         "files": [],
     }
+
+
+def split_methods(hart) -> list[dict]:
+    """manifest["methods"] of the split layout, written by the exporter's own functions (build_manifest)."""
+    from export.bundle import method_entry
+    from export.executorch.exporter import method_file
+
+    return [method_entry(s, method_file(s), entry=BODY if s.name.startswith(BODY) else s.name)
+            for s in split_method_specs(hart)]
 
 
 def rng_cases() -> list[dict]:
@@ -235,6 +248,7 @@ def build() -> dict:
         "fingerprint": {"full_max": FULL_MAX, "edge": EDGE,
                         "sum": "sequential float64 sum in C order; abs_sum likewise over |x|"},
         "manifest": manifest_json(specs, hart),
+        "split_methods": split_methods(hart),
         "rng": rng_cases(),
         "tokenizers": [tokenizer_cases("byte_level", byte_level_tokenizer()),
                        tokenizer_cases("qwen2_style_bpe", qwen2_style_tokenizer())],

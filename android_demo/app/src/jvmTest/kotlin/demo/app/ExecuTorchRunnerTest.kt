@@ -109,4 +109,71 @@ class ExecuTorchRunnerTest {
         ExecuTorchRunner(Bundle.open(dir)).use { assertEquals(2, Module.loaded.size) }
         assertTrue(b.manifest.methods.isNotEmpty())
     }
+
+    /**
+     * The split AR layout (docs/app_golden.json `split_methods`, the exporter's default): every body call
+     * `ar_body_XX` executes the program method `ar_body` on the ar_body.pte Module, with the start_pos
+     * the previous method (ar_prefill, then the previous glue) returned.
+     */
+    @Test
+    fun splitLayoutBodyCallsExecuteTheBodyEntry() {
+        val methods = golden.root.getJSONArray("split_methods")
+        val names = (0 until methods.length()).map { methods.getJSONObject(it).getString("name") }
+        val files = JSONArray()
+
+        fun write(
+            path: String,
+            bytes: ByteArray,
+        ) {
+            File(dir, path).writeBytes(bytes)
+            files.put(JSONObject().put("path", path).put("sha256", Sha256.hex(bytes)).put("size", bytes.size))
+        }
+        write(
+            "tokenizer.json",
+            golden
+                .tokenizer("byte_level")
+                .json
+                .toString()
+                .toByteArray(),
+        )
+        val programs = (0 until methods.length()).map { methods.getJSONObject(it).getString("file") }.distinct()
+        for (p in programs) write(p, "program $p".toByteArray())
+        val m = JSONObject(golden.root.getJSONObject("manifest").toString())
+        m
+            .put("backend", "executorch")
+            .put("methods", methods)
+            .put("call_order", JSONArray(names))
+            .put("files", files)
+        TestFiles.writeManifest(dir, m.toString())
+        val b = Bundle.open(dir)
+        val executed = mutableListOf<String>()
+        val startPos = LinkedHashMap<String, Long>()
+        Module.backend =
+            Module.Backend { path, method, inputs ->
+                val k = executed.size
+                val spec = b.manifest.methods[k]
+                executed += "${File(path).name}:$method"
+                for ((s, e) in spec.inputs.zip(inputs)) {
+                    if (s.name == "start_pos") startPos[spec.name] = ExecuTorchRunner.fromEValue(e).longData().single()
+                }
+                spec.outputs
+                    .map { s ->
+                        when (s.name) {
+                            "start_pos" -> Tensor.ofLongs(s.shape, longArrayOf(1000L + k))
+                            else -> Tensor.zeros(s.shape, s.dtype)
+                        }
+                    }.map { ExecuTorchRunner.toEValue(it) }
+                    .toTypedArray<EValue>()
+            }
+        ExecuTorchRunner(b).use { runner ->
+            assertEquals(programs.map { File(dir, it).absolutePath }, Module.loaded, "one Module per program file")
+            val gen = Pipeline(b.manifest, runner, b.promptEncoder()).generate(golden.run.prompt, golden.run.seed, golden.run.cfg)
+            assertEquals(b.manifest.methods.map { "${it.file}:${it.entry}" }, executed)
+            val bodies = names.filter { it.startsWith("ar_body_") }
+            assertEquals(10, bodies.size)
+            assertEquals(List(10) { "ar_body.pte:ar_body" }, bodies.map { executed[names.indexOf(it)] })
+            assertEquals(bodies.associateWith { 1000L + names.indexOf(it) - 1 }, startPos)
+            assertEquals((0 until 10).map { "scale_%02d".format(it) }, gen.tokens.keys.toList())
+        }
+    }
 }
