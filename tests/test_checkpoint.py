@@ -130,9 +130,10 @@ def test_vae_norm_groups_round_trip_and_validation(tmp_path):
     not divide the channel widths is refused by name."""
     from dataclasses import replace
 
-    from model.build import build, seeded_model
+    from model.build import build
+    from model.config import default_config
 
-    base = seeded_model()
+    base = build(default_config())
     cfg = replace(base.cfg, vae=replace(base.cfg.vae, norm_groups=1))
     hart = build(cfg)
     hart.text = base.text
