@@ -353,14 +353,6 @@ def preview_info(hart: Hart, progress: bool = False) -> dict:
     return fit_for(hart, log=log).to_json(grid=hart.G)
 
 
-def keep_preview(src: Hart, dst: Hart) -> Hart:
-    """`dst` (src under another schedule or memory mode: a new Hart) with src's fitted preview projection,
-    which is per latent pixel and so holds on any grid."""
-    if dst is not src:
-        dst.preview = getattr(src, "preview", None)
-    return dst
-
-
 def write_manifest(root: Path, manifest: dict) -> dict:
     """Add the file table (every file already in `root`), write manifest.json last and seal it."""
     manifest = {**manifest, "files": file_table(root)}

@@ -197,7 +197,14 @@ def test_exporters_manifest_section(tiny, tiny_proj):
     finally:
         tiny.preview = None
     assert preview_problem(sec, tiny.cfg.ar.cvae, tiny.G) is None and sec["weight"] == tiny_proj.weight.tolist()
-    assert fmt.keep_preview(tiny, tiny) is tiny
+    from model.build import with_patch_nums
+    from model.memory import with_memory_mode
+
+    tiny.preview = tiny_proj
+    try:  # the projection is per latent pixel: it survives schedule and memory-mode changes (with_config)
+        assert with_memory_mode(with_patch_nums(tiny, (1, 2)), "int8", 0).preview is tiny_proj
+    finally:
+        tiny.preview = None
     fresh = fmt.preview_info(tiny)
     assert fresh["fit"]["method"] == "decoder-samples" and preview_problem(fresh, tiny.cfg.ar.cvae, tiny.G) is None
 

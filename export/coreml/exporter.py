@@ -74,6 +74,7 @@ def with_schedule(hart: Hart, nums: tuple[int, ...] | None) -> Hart:
     except RuntimeError as e:
         raise ValueError(f"schedule {nums} does not fit this checkpoint: {str(e).splitlines()[0]}") from e
     new.text = hart.text
+    new.preview = hart.preview
     return new.eval().requires_grad_(False)
 
 
@@ -224,7 +225,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         loaded = load_model(a.checkpoint, a.text_encoder)
         hart = with_memory_mode(with_schedule(loaded, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
-        hart = fmt.keep_preview(loaded, hart)
         source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
         plan = fmt.auto_plan(hart, a, "coreml", a.block_size) if a.quant == "auto" else None
         rep = export_coreml(hart, out, a.quant, a.block_size, a.text_quant, a.compute_units, source,

@@ -151,7 +151,7 @@ def load_source(checkpoint: Path | None, schedule: str | None,
         return hart, fmt.default_source()
     hart = load_model(checkpoint, text_encoder)
     if schedule:
-        hart = fmt.keep_preview(hart, with_patch_nums(hart, SCHEDULES[schedule]))
+        hart = with_patch_nums(hart, SCHEDULES[schedule])
     return hart, fmt.checkpoint_source(checkpoint)
 
 
@@ -342,7 +342,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch/torchao pytree deprecation spam
     try:
         hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
-        hart = fmt.keep_preview(hart, with_memory_mode(hart, a.kv_cache, a.attn_chunk))
+        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
         if a.quant == "8da4w":
             check_group_fits(hart, a.group_size)  # before any work: a misfit would ship fp32 layers
         plan = fmt.auto_plan(hart, a, "executorch", a.group_size) if a.quant == "auto" else None

@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         from model.memory import with_memory_mode
 
         hart, source = load_source(a.checkpoint, a.schedule, a.text_encoder)
-        hart = fmt.keep_preview(hart, with_memory_mode(hart, a.kv_cache, a.attn_chunk))
+        hart = with_memory_mode(hart, a.kv_cache, a.attn_chunk)
         rep = export_onnx(hart, a.quant, a.out, source, a.schedule, progress=not a.quiet)
     except (ValueError, FileNotFoundError) as e:
         print(f"python -m export.onnx: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}",
