@@ -347,7 +347,7 @@ def preview_info(hart: Hart, progress: bool = False) -> dict:
     preview.json), else one fitted now from the decoder (a few eager samples, seconds on the default model)."""
     import sys
 
-    from model.preview import fit_for
+    from runtime_py.preview_fit import fit_for
 
     log = (lambda m: print(m, file=sys.stderr)) if progress else None
     return fit_for(hart, log=log).to_json(grid=hart.G)

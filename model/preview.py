@@ -9,15 +9,14 @@ f_hat + e_last (the last scale's codes, before the diffusion residual), see `sca
 The map is fitted in closed form (least squares with a bias column, float64) on pairs (latent, colour)
 where the colour is an RGB picture area-pooled to the latent grid. Two fits:
 
-- `fit_from_renders` (checkpoints with a VAE encoder, i.e. trained here): renders of the procedural world
-  (data/world.py), encoded; each render gives two latents, the continuous f and its multi-scale
-  quantized f_hat (the discrete part the AR draws), both paired with the render. Held-out scenes (the
-  world's held-out split) give the PSNR on the latent grid.
-- `fit_from_decoder` (no encoder, e.g. official checkpoints; also what export uses when the model has no
-  fitted projection): the model draws a few images with its own sampler; every per-scale latent it
-  produces is decoded by the VAE decoder and paired with that decoding. The target is therefore "what
-  the decoder would draw from this partial latent", on latents from the model's own distribution, and
-  it needs only the stages a bundle ships. Held-out: the last prompt/seed pairs.
+- `train/preview.py` (checkpoints with a VAE encoder, i.e. trained here): procedural-world renders
+  (data/world.py) through the encoder, continuous f and quantized f_hat each paired with the render;
+  held-out scenes give the PSNR on the latent grid.
+- `runtime_py/preview_fit.py` (no encoder, e.g. official checkpoints; also what export uses when the
+  model has no fitted projection): the model's own per-scale latents paired with their VAE decodings.
+
+Both fits live above model/ (they need the world or the runtime's sampler); this file is the projection,
+its file format and its schema check, which the manifest schema and the apps' fixtures share.
 """
 
 from __future__ import annotations
@@ -28,6 +27,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -68,8 +68,6 @@ class Projection:
 
     @classmethod
     def from_json(cls, d, where: str, channels: int | None = None) -> Projection:
-        from runtime_py.manifest_schema import preview_problem
-
         if problem := preview_problem(d, channels):
             raise UserError(f"{where}: {problem}", f"refit it (python -m train --stage preview) or delete {FILE}")
         return cls(torch.tensor(d["weight"], dtype=torch.float32), torch.tensor(d["bias"], dtype=torch.float32),
@@ -137,97 +135,39 @@ def scale_latent(outputs: dict[str, torch.Tensor], env: dict[str, torch.Tensor])
     return None
 
 
-# ---- fits -------------------------------------------------------------------------------------
+# ---- the file format ------------------------------------------------------------------------
 
-@torch.no_grad()
-def fit_from_renders(hart, n_fit: int = 192, n_heldout: int = 48, seed: int = 0, batch: int = 16,
-                     log=None) -> Projection:
-    """Fit on procedural-world renders through the VAE encoder (needs `hart.vae.has_encoder`)."""
-    from data.world import render, scene_at
-    from model.vae import multiscale_quantize
-
-    if not hart.vae.has_encoder:
-        raise UserError("this checkpoint has no VAE encoder", "use fit_from_decoder (python -m train --stage preview "
-                        "falls back to it by itself)")
-    size, pn = hart.cfg.image_size, tuple(hart.cfg.ar.patch_nums)
-
-    def pairs(split: str, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        fs, qs, imgs = [], [], []
-        for start in range(0, n, batch):
-            k = min(batch, n - start)
-            x = torch.stack([torch.from_numpy(render(scene_at(seed, split, start + i), size)).permute(2, 0, 1)
-                             for i in range(k)]).float() / 255
-            f = hart.vae.img_to_f(x * 2 - 1)
-            fs.append(f)
-            qs.append(multiscale_quantize(hart.vae, f, pn).f_hat)
-            imgs.append(x)
-            if log:
-                log(f"preview fit: encoded {split} {start + k}/{n}")
-        return torch.cat(fs), torch.cat(qs), torch.cat(imgs)
-
-    f, q, img = pairs("train", n_fit)
-    w, b = fit_preview(torch.cat([f, q]), torch.cat([img, img]))
-    f_h, q_h, img_h = pairs("heldout", n_heldout)
-    fit = {"method": "encoder-renders", "data": "data/world.py renders (train split), VAE encoder latent f and its "
-           "multi-scale quantized f_hat, each paired with the render area-pooled to the latent grid",
-           "samples": n_fit, "seed": seed, "heldout": n_heldout, "heldout_data": "data/world.py held-out split",
-           "psnr_db": grid_psnr(w, b, q_h, img_h), "psnr_db_continuous": grid_psnr(w, b, f_h, img_h),
-           "psnr_on": "latent grid (render area-pooled to G x G), held-out renders; psnr_db on the quantized f_hat "
-                      "(what the AR draws), psnr_db_continuous on the encoder latent"}
-    return Projection(w, b, fit)
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
-@torch.no_grad()
-def sampled_latents(hart, prompts: list[str], seeds: list[int]) -> list[list[torch.Tensor]]:
-    """Per (prompt, seed): the per-scale preview latents the model's own sampler produces (eager stages)."""
-    from model.stages import method_specs
-    from runtime_py.pipeline import EagerBackend, Pipeline
-
-    if hart.text is None:
-        raise UserError("the model has no text encoder, so it cannot sample latents to fit a preview on",
-                        "pass --text-encoder DIR")
-    pipe = Pipeline(method_specs(hart), EagerBackend(hart), hart.text.tokenizer)
-    out = []
-    for p, s in zip(prompts, seeds):
-        lats: list[torch.Tensor] = []
-        pipe.generate(p, s, hart.cfg.sampler.cfg, on_latent=lambda name, lat, acc=lats: acc.append(lat[:1]))
-        out.append(lats)
-    return out
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
-@torch.no_grad()
-def fit_from_decoder(hart, n_fit: int = 3, n_heldout: int = 1, log=None) -> Projection:
-    """Fit without an encoder: decode the model's own per-scale latents and fit to the decodings."""
-    n = n_fit + n_heldout
-    prompts = [PROMPTS[i % len(PROMPTS)] for i in range(n)]
-    seeds = list(range(1, n + 1))
-    if log:
-        log(f"preview fit: sampling {n} images with the model's own sampler to decode their per-scale latents")
-    samples = sampled_latents(hart, prompts, seeds)
-    dtype = hart.vae.post_quant_conv.weight.dtype
-
-    def pairs(group: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:
-        lat = torch.cat([torch.cat(s) for s in group])
-        img = torch.cat([(hart.vae.fhat_to_img(x.to(dtype)).float() + 1) * 0.5 for x in lat.split(8)])
-        return lat, img
-
-    lat, img = pairs(samples[:n_fit])
-    w, b = fit_preview(lat, img)
-    lat_h, img_h = pairs(samples[n_fit:])
-    fit = {"method": "decoder-samples", "data": "per-scale latents the model's own sampler drew "
-           f"({n_fit} prompts x {len(samples[0])} scales), each paired with its VAE decoding area-pooled to the "
-           "latent grid", "samples": n_fit, "seeds": seeds[:n_fit], "heldout": n_heldout,
-           "heldout_data": "the same on other prompts/seeds", "psnr_db": grid_psnr(w, b, lat_h, img_h),
-           "psnr_on": "latent grid (decoding area-pooled to G x G), held-out samples"}
-    return Projection(w, b, fit)
-
-
-def fit_for(hart, log=None) -> Projection:
-    """The model's fitted projection (hart.preview, from preview.json), else the decoder fallback."""
-    proj = getattr(hart, "preview", None)
-    if proj is not None:
-        return proj
-    return fit_from_decoder(hart, log=log)
+def preview_problem(p: Any, channels: int | None = None, grid: int | None = None) -> str | None:
+    """The first problem of a preview projection (manifest `preview` section or a checkpoint's
+    preview.json): weight [3, C] and bias [3] of finite numbers, C = latent_channels
+    (= the latent's channels when known), grid = the latent side when both are given."""
+    if not isinstance(p, dict):
+        return "preview must be an object"
+    c = p.get("latent_channels")
+    if not _is_int(c) or c < 1:
+        return "preview.latent_channels must be a positive integer"
+    if channels is not None and c != channels:
+        return f"preview.latent_channels is {c} but the latent (f_hat) has {channels} channels"
+    w, b = p.get("weight"), p.get("bias")
+    rows_ok = isinstance(w, list) and len(w) == 3 and all(
+        isinstance(r, list) and len(r) == c and all(_is_num(v) for v in r) for r in w)
+    if not rows_ok:
+        return f"preview.weight must be 3 rows of {c} finite numbers ([3, latent_channels])"
+    if not (isinstance(b, list) and len(b) == 3 and all(_is_num(v) for v in b)):
+        return "preview.bias must be 3 finite numbers"
+    if "grid" in p and not (_is_int(p["grid"]) and p["grid"] > 0 and (grid is None or p["grid"] == grid)):
+        return f"preview.grid must be the latent side{f' ({grid})' if grid else ''}, got {p['grid']!r}"
+    if not isinstance(p.get("fit", {}), dict):
+        return "preview.fit must be an object"
+    return None
 
 
 # ---- storage next to a checkpoint ------------------------------------------------------------------

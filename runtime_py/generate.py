@@ -95,7 +95,8 @@ def eager_pipeline(checkpoint: Path | None, top_k: int | None, top_p: float | No
 def preview_projection(pipe, bundle, quiet: bool):
     """The latent-to-RGB projection: the bundle manifest's `preview` section; eager: the checkpoint's
     preview.json, else fitted from the decoder now (model/preview.py, seconds)."""
-    from model.preview import Projection, fit_for
+    from model.preview import Projection
+    from runtime_py.preview_fit import fit_for
 
     if bundle is not None:
         if "preview" not in bundle.manifest:

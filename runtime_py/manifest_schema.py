@@ -9,6 +9,8 @@ import math
 import re
 from typing import Any
 
+from model.preview import preview_problem
+
 DTYPES = ("float32", "float16", "int64", "int8")  # what runtime_py.bundle can read back (golden, specs)
 _SHA = re.compile(r"[0-9a-f]{64}")
 
@@ -59,30 +61,6 @@ def _thresholds_problem(parity: Any) -> str | None:
         for check in checks:
             if not isinstance(check, dict) or not all(_num(v) for v in check.values()):
                 return f"parity.{key} must map checks to finite numbers"
-    return None
-
-
-def preview_problem(p: Any, channels: int | None = None, grid: int | None = None) -> str | None:
-    """The first problem of a preview projection (manifest `preview` section or a checkpoint's
-    preview.json, model/preview.py): weight [3, C] and bias [3] of finite numbers, C = latent_channels
-    (= the latent's channels when known), grid = the latent side when both are given."""
-    if not isinstance(p, dict):
-        return "preview must be an object"
-    c = p.get("latent_channels")
-    if not _int(c) or c < 1:
-        return "preview.latent_channels must be a positive integer"
-    if channels is not None and c != channels:
-        return f"preview.latent_channels is {c} but the latent (f_hat) has {channels} channels"
-    w, b = p.get("weight"), p.get("bias")
-    if not (isinstance(w, list) and len(w) == 3 and all(isinstance(r, list) and len(r) == c and all(_num(v) for v in r)
-                                                        for r in w)):
-        return f"preview.weight must be 3 rows of {c} finite numbers ([3, latent_channels])"
-    if not (isinstance(b, list) and len(b) == 3 and all(_num(v) for v in b)):
-        return "preview.bias must be 3 finite numbers"
-    if "grid" in p and not (_int(p["grid"]) and p["grid"] > 0 and (grid is None or p["grid"] == grid)):
-        return f"preview.grid must be the latent side{f' ({grid})' if grid else ''}, got {p['grid']!r}"
-    if not isinstance(p.get("fit", {}), dict):
-        return "preview.fit must be an object"
     return None
 
 

@@ -22,18 +22,18 @@ from model.preview import (
     FILE,
     PROMPTS,
     Projection,
-    fit_from_decoder,
     fit_preview,
     load_preview,
+    preview_problem,
     preview_rgb,
     project,
-    sampled_latents,
     scale_latent,
     upsample_nearest,
 )
 from runtime_py.bundle import DIGEST_FILE, digest_line
 from runtime_py.generate import main as generate_main
-from runtime_py.manifest_schema import manifest_problem, preview_problem
+from runtime_py.manifest_schema import manifest_problem
+from runtime_py.preview_fit import fit_from_decoder, sampled_latents
 from train.__main__ import main as train_main
 from train.common import new_model
 from train.plan import tiny_plan

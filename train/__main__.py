@@ -85,7 +85,9 @@ def run(stage: str, plan: Plan, out: Path, seed: int, resume: bool, progress: bo
 def fit_preview_stage(out: Path, tiny: bool, seed: int, progress: bool) -> Path:
     """OUT/model/preview.json: fitted on world renders through the encoder (the decoder fallback without one)."""
     from model.checkpoint import load
-    from model.preview import fit_from_decoder, fit_from_renders, save_preview
+    from model.preview import save_preview
+    from runtime_py.preview_fit import fit_from_decoder
+    from train.preview import fit_from_renders
 
     ckpt = out / "model"
     if not (ckpt / "tokenizer" / "model.safetensors").is_file():
