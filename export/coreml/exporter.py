@@ -22,6 +22,7 @@ from tqdm import tqdm
 from export import bundle as fmt
 from export.coreml import convert as cc
 from export.coreml.manifest import PACKAGES, build_manifest
+from model.build import with_patch_nums
 from model.config import SCHEDULES
 from model.hart import Hart
 from model.memory import with_memory_mode
@@ -61,21 +62,6 @@ def parse_schedule(value: str) -> tuple[int, ...]:
     if len(nums) < 2 or nums[0] != 1 or any(b <= a for a, b in zip(nums, nums[1:])):
         raise ValueError(f"--schedule {value!r}: sides must start at 1 and increase (at least two scales)")
     return nums
-
-
-def with_schedule(hart: Hart, nums: tuple[int, ...] | None) -> Hart:
-    """The same weights on another scale schedule (every graph is static per schedule)."""
-    if nums is None or tuple(nums) == tuple(hart.cfg.ar.patch_nums):
-        return hart
-    new = Hart(hart.cfg.with_schedule(nums), with_text=False)
-    state = {k: v for k, v in hart.state_dict().items() if not k.startswith("text.")}
-    try:
-        new.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        raise ValueError(f"schedule {nums} does not fit this checkpoint: {str(e).splitlines()[0]}") from e
-    new.text = hart.text
-    new.preview = hart.preview
-    return new.eval().requires_grad_(False)
 
 
 def _convert_all(hart: Hart, recipes: dict[str, cc.QuantRecipe], tmp: Path, progress: bool) -> dict[str, float]:
@@ -224,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     out = a.out or Path("bundles") / f"coreml-{a.quant}"
     try:
         loaded = load_model(a.checkpoint, a.text_encoder)
-        hart = with_memory_mode(with_schedule(loaded, a.schedule), "fp32", a.attn_chunk)  # states: fp16 at export
+        scheduled = with_patch_nums(loaded, a.schedule) if a.schedule else loaded
+        hart = with_memory_mode(scheduled, "fp32", a.attn_chunk)  # states: fp16 at export
         source = fmt.default_source() if a.checkpoint is None else fmt.checkpoint_source(a.checkpoint)
         plan = fmt.auto_plan(hart, a, "coreml", a.block_size) if a.quant == "auto" else None
         rep = export_coreml(hart, out, a.quant, a.block_size, a.text_quant, a.compute_units, source,
