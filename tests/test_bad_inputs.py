@@ -258,6 +258,15 @@ HEAVY_ARGS = [
     ("sensitivity-cfg", "quantization.sensitivity", ["--cfg", "inf"], "not a finite number"),
     ("curve-budget", "quantization.curve", ["--budgets", "1.5"], "in (0, 1]"),
     ("curve-granularity", "quantization.curve", ["--granularity", "rows"], "kind, block or blocksN"),
+    ("quality-seeds", "benchmarks.quality", ["--seeds", "-1"], "--seeds must be in [1, 1000]"),
+    ("quality-prompts", "benchmarks.quality", ["--prompts", "0"], "--prompts must be in [1, 153]"),
+    ("quality-no-bundle", "benchmarks.quality", ["--bundle", "/no/bundle"], "has no manifest.json"),
+    ("quality-checkpoint-missing", "benchmarks.quality", ["--checkpoint", "/no/ckpt"], "is not a folder"),
+    ("train-stage", "train", ["--stage", "gan"], "invalid choice"),
+    ("train-steps", "train", ["--stage", "vae", "--steps", "0"], "--steps must be >= 1"),
+    ("train-seed", "train", ["--stage", "vae", "--seed", "-3"], "--seed must be >= 0"),
+    ("train-ar-without-vae", "train", ["--stage", "ar"], "run the earlier stages"),
+    ("train-preview-without-model", "train", ["--stage", "preview"], "run the earlier stages"),
 ]
 
 
@@ -265,7 +274,7 @@ HEAVY_ARGS = [
 def test_cli_arguments(module, args, needle, tmp_path):
     out = tmp_path / "out"
     check(run(module, *args, "--out", str(out)) if module.startswith(("export", "quantization", "benchmarks.host",
-                                                                     "benchmarks.scale"))
+                                                                     "benchmarks.scale", "benchmarks.quality", "train"))
           else run(module, *args), 2, needle, out)
 
 

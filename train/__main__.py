@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from model.checkpoint import CheckpointError, save
-from runtime_py.cli import OneLineParser
+from model.errors import UserError
+from runtime_py.cli import OneLineParser, cli_main
 from train.common import load_model_tensors, new_model
 from train.plan import TRAIN_SEED, Plan, tiny_plan
 from train.stages import ar_step_fn, build_pool, diffusion_step_fn, run_stage, vae_report, vae_step_fn
@@ -55,15 +56,25 @@ def parse_args(argv):
     return a
 
 
+def needs(stage: str, out: Path) -> Path:
+    """The file a stage starts from (the previous stage's state, or for preview the saved checkpoint);
+    UserError (exit 2, nothing written) when it is missing."""
+    if stage == "preview":
+        prev = out / "model" / "tokenizer" / "model.safetensors"
+    else:
+        prev = out / "state" / f"{STAGES[STAGES.index(stage) - 1]}.safetensors"
+    if not prev.is_file():
+        raise UserError(f"stage {stage} needs {prev}", f"run the earlier stages into {out} first")
+    return prev
+
+
 def model_for(stage: str, plan: Plan, out: Path, seed: int):
     """Fresh model with the previous stage's weights (each state file holds the whole model); a stage's
     own state is only read by --resume (run_stage), so re-running a stage starts it over."""
     hart = new_model(plan.model, seed)
     if stage == "vae":
         return hart
-    prev = out / "state" / f"{STAGES[STAGES.index(stage) - 1]}.safetensors"
-    if not prev.is_file():
-        raise SystemExit(f"python -m train: error: stage {stage} needs {prev} (run the earlier stages first)")
+    prev = needs(stage, out)
     load_model_tensors(hart, load_file(str(prev)))
     return hart
 
@@ -90,9 +101,7 @@ def fit_preview_stage(out: Path, tiny: bool, seed: int, progress: bool) -> Path:
     from train.preview import fit_from_renders
 
     ckpt = out / "model"
-    if not (ckpt / "tokenizer" / "model.safetensors").is_file():
-        raise SystemExit(f"python -m train: error: --stage preview needs the checkpoint {ckpt} (run the other "
-                         "stages first)")
+    needs("preview", out)
     log = (lambda m: print(m, file=sys.stderr)) if progress else None
     try:
         hart = load(ckpt, with_encoder=True)
@@ -106,8 +115,12 @@ def fit_preview_stage(out: Path, tiny: bool, seed: int, progress: bool) -> Path:
     return ckpt
 
 
+@cli_main("python -m train")
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
+    first = STAGES[0] if a.stage == "all" else a.stage
+    if first != "vae":
+        needs(first, a.out)  # before anything is created under --out
     torch.set_num_threads(a.threads)
     plan = tiny_plan() if a.tiny else Plan()
     if a.steps is not None:
