@@ -313,11 +313,13 @@ def memory_mode_info(hart: Hart) -> dict:
 
 def memory_estimate(hart: Hart, weights_bytes: int, largest_activation_bytes: int, text_encoder_bytes: int = 0,
                     text_activation_bytes: int = 0, rest_activation_bytes: int | None = None,
-                    resident_activation_bytes: int | None = None) -> dict:
+                    resident_activation_bytes: int | None = None, phase_bytes: dict[str, int] | None = None) -> dict:
     """Peak estimate with every program resident, and with the text encoder released after encoding
     (`text_encoder_bytes` = its artifact bytes; activations of the text method / of every other program).
     `resident_activation_bytes`: the activation arenas held while every program is loaded (ExecuTorch:
-    each loaded program keeps its own planned arena, so their sum; default the largest one)."""
+    each loaded program keeps its own planned arena, so their sum; default the largest one). `phase_bytes`:
+    per component, its artifacts + arenas (+ the KV state for the AR) resident while it runs, for a runtime
+    that releases each component after use (runtime_py.pipeline release_after_use)."""
     kv = kv_cache_bytes(hart)
     resident = largest_activation_bytes if resident_activation_bytes is None else resident_activation_bytes
     rest_act = largest_activation_bytes if rest_activation_bytes is None else rest_activation_bytes
@@ -328,6 +330,8 @@ def memory_estimate(hart: Hart, weights_bytes: int, largest_activation_bytes: in
         "resident_activation_bytes": resident, "peak_bytes": weights_bytes + kv + resident,
         "text_encoder_bytes": text_encoder_bytes,
         "peak_bytes_unload_text_encoder": max(text_phase, rest_phase),
+        **({"phase_bytes": phase_bytes, "peak_bytes_release_after_use": max(phase_bytes.values())}
+           if phase_bytes else {}),
         "mode": memory_mode_info(hart),
         "formula": "peak = sum(artifact bytes; every program stays loaded) + KV state (2 * depth * 2B rows * "
                    "heads * kv_len * (head_dim * bytes per value + 4 B scale if int8)) + resident activation arenas "
@@ -335,7 +339,10 @@ def memory_estimate(hart: Hart, weights_bytes: int, largest_activation_bytes: in
                    "share one). peak_bytes_unload_text_encoder = max(text encoder bytes + its arena, the other "
                    "artifacts + KV + their arenas): the text "
                    "encoder runs once, first, and is released before the other programs load (an app that keeps "
-                   "them loaded across images reloads the text encoder next to them). Not counted: backend weight "
+                   "them loaded across images reloads the text encoder next to them). "
+                   "peak_bytes_release_after_use = the largest phase_bytes (one component loaded at a time, "
+                   "python -m runtime_py.generate --release-after-use). "
+                   "Not counted: backend weight "
                    "repacking (XNNPACK: up to one more copy of the weights) and the delegates' internal "
                    "workspaces; measured on the 0.7B architecture at 512 px the estimate is 45% below peak RSS "
                    "(docs/scale.md).",

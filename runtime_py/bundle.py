@@ -230,16 +230,17 @@ def _check_files(root: Path, files: dict, verify_hashes: bool) -> None:
             raise BundleError(f"{path}: sha256 does not match manifest.json (file was modified)")
 
 
-def open_pipeline(bundle_dir: str | Path, backend=None, progress=None):
-    """(Pipeline, Bundle) for a bundle folder; `backend` overrides the manifest's choice."""
+def open_pipeline(bundle_dir: str | Path, backend=None, progress=None, release_after_use: bool = False):
+    """(Pipeline, Bundle) for a bundle folder; `backend` overrides the manifest's choice. `release_after_use`:
+    a lazily loading backend and a Pipeline that releases every component after its last use in an image."""
     from runtime_py.backends import create_backend
 
     bundle = Bundle.open(bundle_dir)  # before torch is imported: a bad bundle fails fast
     tokenizer = bundle.tokenizer()  # then the cheap checks: a bad tokenizer is reported before programs load
-    be = backend if backend is not None else create_backend(bundle)
+    be = backend if backend is not None else create_backend(bundle, lazy=release_after_use)
     from runtime_py.pipeline import Pipeline
 
-    return Pipeline(bundle.specs, be, tokenizer, progress=progress), bundle
+    return Pipeline(bundle.specs, be, tokenizer, progress=progress, release_after_use=release_after_use), bundle
 
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt")

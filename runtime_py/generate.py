@@ -49,6 +49,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "model's latent-to-RGB projection, model/preview.py) and an animated preview.gif")
     p.add_argument("--unload-text-encoder", action="store_true",
                    help="bundles: release the text encoder program after encoding (lower peak; same image)")
+    p.add_argument("--release-after-use", action="store_true",
+                   help="bundles: load each program when first needed and release it after its last method of the "
+                        "image (text encoder, AR + KV cache, diffusion head, VAE decoder: one at a time; same image; "
+                        "the manifest's memory.peak_bytes_release_after_use)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     a = p.parse_args(argv)
     if not a.prompt.strip():
@@ -129,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.bundle is not None:
         from runtime_py.bundle import open_pipeline
 
-        pipe, bundle = open_pipeline(a.bundle)
+        pipe, bundle = open_pipeline(a.bundle, release_after_use=a.release_after_use)
         pipe.progress = progress
         cfg = a.cfg if a.cfg is not None else bundle.default_cfg
         source = f"bundle {a.bundle} ({pipe.backend.name})"

@@ -22,7 +22,8 @@ class Backend(Protocol):
 
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]: ...
 
-    # optional: def release(self, method: str) -> None: free what `method` holds; run() loads it again
+    # optional: def release(self, method: str, finished: bool = False) -> None: free what `method` holds;
+    # run() loads it again. finished: the image is past the method's last use (state may go too)
 
 
 @dataclass
@@ -46,15 +47,35 @@ def draw_noise(spec: TensorSpec, seed: int) -> torch.Tensor:
 class Pipeline:
     """`unload_text_encoder`: release the text encoder's program right after it ran (it runs once per
     image, before the AR steps), so its weights do not count toward the AR/diffusion/VAE peak; the
-    backend loads it again at the next image. Outputs are unchanged (the text encoder has no state)."""
+    backend loads it again at the next image. Outputs are unchanged (the text encoder has no state).
+
+    `release_after_use`: the same for every component, each released after its last method of the image
+    (the AR programs with their KV cache after the last scale: every cache slot a scale reads is written
+    earlier in the same image, so a reload starts the next image correctly). With a backend that loads
+    lazily (open_pipeline(..., release_after_use=True)) one component is resident at a time, and the
+    peak is the largest phase (manifest `memory.peak_bytes_release_after_use`) instead of their sum."""
 
     def __init__(self, specs: list[MethodSpec], backend: Backend, tokenizer, progress=None,
-                 unload_text_encoder: bool = False):
+                 unload_text_encoder: bool = False, release_after_use: bool = False):
         self.specs = specs
         self.backend = backend
         self.tokenizer = tokenizer
         self.progress = progress  # optional callable(iterable, desc) -> iterable (tqdm)
         self.unload_text_encoder = unload_text_encoder
+        self.release_after_use = release_after_use
+        self.last_use = {m.component: i for i, m in enumerate(specs)}  # component -> index of its last method
+
+    def _release(self, i: int, m: MethodSpec, timings: dict) -> None:
+        """After method i: release its component if this was the component's last method of the image."""
+        if not hasattr(self.backend, "release") or self.last_use[m.component] != i:
+            return
+        if not (self.release_after_use or (self.unload_text_encoder and m.component == "text_encoder")):
+            return
+        t0 = time.perf_counter()
+        for other in self.specs:
+            if other.component == m.component:
+                self.backend.release(other.name, finished=True)
+        timings[f"release_{m.component}"] = (time.perf_counter() - t0) * 1e3
 
     def host_input(self, spec: TensorSpec, env: dict, seed: int, cfg: float) -> torch.Tensor:
         if spec.source == "env":
@@ -81,7 +102,7 @@ class Pipeline:
         timings = {"tokenize": (time.perf_counter() - t0) * 1e3}
         tokens, trace = {}, {}
         it = self.progress(self.specs, "stages") if self.progress else self.specs
-        for m in it:
+        for i, m in enumerate(it):
             inputs = [self.host_input(s, env, seed, cfg) for s in m.inputs]
             for s, t in zip(m.inputs, inputs):
                 if tuple(t.shape) != s.shape:
@@ -101,10 +122,7 @@ class Pipeline:
                 env[s.name] = t
             if "idx" in env and m.name.startswith("scale_"):
                 tokens[m.name] = env.pop("idx")
-            if self.unload_text_encoder and m.component == "text_encoder" and hasattr(self.backend, "release"):
-                t0 = time.perf_counter()
-                self.backend.release(m.name)
-                timings["release_text_encoder"] = (time.perf_counter() - t0) * 1e3
+            self._release(i, m, timings)
             if keep_trace:
                 trace[m.name] = {"in": [t.clone() for t in inputs], "out": [t.clone() for t in outs]}
         return Generation(image=env["image"], tokens=tokens, timings_ms=timings, trace=trace)

@@ -115,6 +115,26 @@ def test_split_bundle_reproduces_eager(split_bundle, default_hart):
     assert not any(c["shared_mutable_state"] for c in m["components"].values())
 
 
+def test_release_after_use_holds_one_component_and_draws_the_same(split_bundle):
+    """--release-after-use: nothing resident after open, each component released after its last method
+    (the AR with its KV cache after the last scale), and the images equal the all-resident pipeline's,
+    also for a second image (whose all-resident run reuses the first image's cache; here it is reloaded)."""
+    from runtime_py.bundle import open_pipeline
+
+    keep, b = open_pipeline(split_bundle)
+    lazy, _ = open_pipeline(split_bundle, release_after_use=True)
+    assert keep.backend.programs and not lazy.backend.programs
+    for prompt, seed in (("a small red circle at the top left on a blue background", 1), ("two", 2)):
+        want, got = keep.generate(prompt, seed, b.default_cfg), lazy.generate(prompt, seed, b.default_cfg)
+        assert torch.equal(want.image, got.image)
+        assert all(torch.equal(want.tokens[k], got.tokens[k]) for k in want.tokens)
+        assert not lazy.backend.programs
+    mem = b.manifest["memory"]
+    assert set(mem["phase_bytes"]) == {"text_encoder", "ar_transformer", "diffusion_head", "vae_decoder"}
+    assert mem["phase_bytes"]["ar_transformer"] > mem["kv_cache_bytes"]
+    assert mem["peak_bytes_release_after_use"] == max(mem["phase_bytes"].values()) < mem["peak_bytes"]
+
+
 def _stock_module_agreement(bundle: Path, built: Path, work: Path, share: bool) -> float:
     """Token agreement of a golden replay through the C++ Module (tests/stock_module.py) with eager's ids;
     a mismatch counts only where eager's own choice was not a numerical tie."""

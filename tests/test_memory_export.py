@@ -104,7 +104,7 @@ def test_unload_text_encoder_eager_is_identical(hart):
     class Releasing(EagerBackend):
         released: list[str] = []
 
-        def release(self, method):
+        def release(self, method, finished=False):
             self.released.append(method)
 
     be = Releasing(hart)
@@ -113,6 +113,32 @@ def test_unload_text_encoder_eager_is_identical(hart):
     b = Pipeline(specs, be, hart.text.tokenizer, unload_text_encoder=True).generate(PROMPT, SEED, CFG)
     assert be.released == ["text_encoder"] and "release_text_encoder" in b.timings_ms
     assert torch.equal(a.image, b.image)
+
+
+def test_release_after_use_releases_each_component_after_its_last_method(hart):
+    """Pipeline.release_after_use: every component once, right after its last method, in pipeline order;
+    the AR (KV state) only after the last scale, with finished=True."""
+    calls: list[tuple[str, bool, int]] = []
+
+    class Releasing(EagerBackend):
+        ran = 0
+
+        def run(self, method, inputs):
+            self.ran += 1
+            return super().run(method, inputs)
+
+        def release(self, method, finished=False):
+            calls.append((method, finished, self.ran))
+
+    specs = method_specs(hart)
+    g = Pipeline(specs, Releasing(hart), hart.text.tokenizer, release_after_use=True).generate(PROMPT, SEED, CFG)
+    order = list(dict.fromkeys(s.component for s in specs))
+    released = [next(s.component for s in specs if s.name == m) for m, _, _ in calls]
+    assert list(dict.fromkeys(released)) == order and all(f for _, f, _ in calls)
+    for comp in order:  # released once the component's last method had run, before the next one ran
+        last = max(i for i, s in enumerate(specs) if s.component == comp) + 1
+        assert {ran for m, _, ran in calls if released[[c[0] for c in calls].index(m)] == comp} == {last}
+    assert [k for k in g.timings_ms if k.startswith("release_")] == [f"release_{c}" for c in order]
 
 
 # ---- slow: real exports with their parity gates ------------------------------------------------------

@@ -245,6 +245,11 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
     arenas = {c: max(v - (kv if facts[c].get("mutable_state") else 0)
                      for v in facts[c]["planned_arena_bytes"].values()) for c in facts}
     arena = max(arenas.values())
+    phases: dict[str, int] = {}  # per component: its programs + their arenas (+ the KV state for the AR)
+    for c in facts:
+        comp = "ar_transformer" if c == BODY else c
+        phases[comp] = phases.get(comp, 0) + sizes[c] + arenas[c]
+    phases["ar_transformer"] += kv
     components = {}
     for c in facts:
         f = facts[c]
@@ -276,7 +281,7 @@ def build_manifest(hart: Hart, specs: list[MethodSpec], recipe: Recipe, facts: d
         "quantization": recipe.to_json(),
         "memory": fmt.memory_estimate(hart, sum(sizes.values()), arena, sizes["text_encoder"], arenas["text_encoder"],
                                       sum(v for c, v in arenas.items() if c != "text_encoder"),
-                                      sum(arenas.values())),
+                                      sum(arenas.values()), phase_bytes=phases),
         "parity": parity_section("executorch", recipe.name, hart, recipe.plan),
         "golden": {"index": "golden/index.json", "prompt": fmt.GOLDEN_PROMPT, "seed": fmt.GOLDEN_SEED, "cfg": cfg},
         "versions": fmt.versions(),

@@ -16,22 +16,22 @@ if TYPE_CHECKING:
     from runtime_py.pipeline import Backend
 
 
-def _executorch(bundle: Bundle) -> Backend:
+def _executorch(bundle: Bundle, lazy: bool = False) -> Backend:
     from runtime_py.backends.executorch import ExecuTorchBackend
 
-    return ExecuTorchBackend(bundle.root, bundle.manifest)
+    return ExecuTorchBackend(bundle.root, bundle.manifest, lazy=lazy)
 
 
-def _onnx(bundle: Bundle) -> Backend:
+def _onnx(bundle: Bundle, lazy: bool = False) -> Backend:
     from runtime_py.backends.onnx import OnnxBackend
 
-    return OnnxBackend(bundle.root, bundle.manifest)
+    return OnnxBackend(bundle.root, bundle.manifest, lazy=lazy)
 
 
-def _coreml(bundle: Bundle) -> Backend:
+def _coreml(bundle: Bundle, lazy: bool = False) -> Backend:
     from runtime_py.backends.coreml import CoreMLBackend
 
-    return CoreMLBackend(bundle.root)
+    return CoreMLBackend(bundle.root)  # Core ML loads every function up front (lazy is not offered there)
 
 
 BACKENDS: dict[str, Callable[[Bundle], Backend]] = {"executorch": _executorch, "onnx": _onnx, "coreml": _coreml}
@@ -41,8 +41,9 @@ def register(name: str, factory: Callable[[Bundle], Backend]) -> None:
     BACKENDS[name] = factory
 
 
-def create_backend(bundle: Bundle) -> Backend:
-    """The manifest's backend over the bundle's artifacts. The artifacts are untrusted input: whatever a
+def create_backend(bundle: Bundle, lazy: bool = False) -> Backend:
+    """The manifest's backend over the bundle's artifacts (`lazy`: programs are checked at open, then loaded
+    when first run; for a Pipeline with release_after_use). The artifacts are untrusted input: whatever a
     runtime raises while loading them is a BundleError naming the backend (exit code 2, no traceback)."""
     from runtime_py.bundle import BundleError
 
@@ -52,7 +53,7 @@ def create_backend(bundle: Bundle) -> Backend:
         raise BundleError(f"{bundle.root}: unknown backend {bundle.backend!r}",
                           f"known: {', '.join(BACKENDS)}") from None
     try:
-        return factory(bundle)
+        return factory(bundle, lazy) if lazy else factory(bundle)
     except BundleError:
         raise
     except Exception as e:  # noqa: BLE001 - onnxruntime, executorch and coremltools raise their own types

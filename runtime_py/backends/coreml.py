@@ -67,10 +67,13 @@ class CoreMLBackend:
         self.first_stateful = next(m["name"] for m in manifest["methods"] if m["states"])
         self.state = None
 
-    def release(self, method: str) -> None:
-        """Drop a stateless method's model (the text encoder after encoding); `run` loads it again."""
+    def release(self, method: str, finished: bool = False) -> None:
+        """Drop a method's model; `run` loads it again. A stateful one only once the image is past its last
+        use (finished), and then the state goes with it (a new image makes a new one)."""
         if self.methods[method]["states"]:
-            raise ValueError(f"{method} uses the KV state; it cannot be released mid-image")
+            if not finished:
+                raise ValueError(f"{method} uses the KV state; it cannot be released mid-image")
+            self.state = None
         self.models.pop(method, None)
 
     def run(self, method: str, inputs: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -5,8 +5,10 @@ share_mutable_buffers), so the program must stay loaded for a whole generation: 
 cache scale_00 wrote. Every cache slot a scale reads is written earlier in the same generation, so
 consecutive generations need no reset. The mutable state is whatever the exporter planned (fp32 or
 fp16 caches, or int8 caches plus fp32 per-token scales); it lives inside the program, so the host
-passes only the contract tensors. `release(method)` drops the program holding `method` (never the AR
-program: its state must persist); `run` loads it again when needed.
+passes only the contract tensors. `release(method)` drops the program holding `method` (the AR programs
+only with finished=True, after the image's last scale: their state must persist within an image); `run`
+loads it again when needed. `lazy=True` verifies every program at open and then drops it, so that a
+pipeline releasing each component after use holds one component at a time.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ def _fd2_captured() -> Iterator[list[bytes]]:
 class ExecuTorchBackend:
     name = "executorch"
 
-    def __init__(self, root: str | Path, manifest: dict):
+    def __init__(self, root: str | Path, manifest: dict, lazy: bool = False):
         from executorch.runtime import Runtime
 
         self.runtime = Runtime.get()
@@ -62,6 +64,8 @@ class ExecuTorchBackend:
             if entry not in self.programs[m["file"]].method_names:
                 raise ValueError(f"{root / m['file']}: has no method {entry!r} (manifest method {m['name']})")
             self.methods[m["name"]] = (m["file"], entry)
+        if lazy:
+            self.programs.clear()
 
     def _load(self, file: str):
         """load_program with InternalConsistency verification, after a header check of our own: ExecuTorch
@@ -97,8 +101,8 @@ class ExecuTorchBackend:
         outs = loaded.execute([t.contiguous() for t in inputs])
         return list(outs)
 
-    def release(self, method: str) -> None:
+    def release(self, method: str, finished: bool = False) -> None:
         file = self.methods[method][0]
-        if file in self.stateful:
+        if file in self.stateful and not finished:
             raise ValueError(f"{method}: {file} holds the KV cache across methods; it cannot be released mid-image")
         self.programs.pop(file, None)

@@ -23,7 +23,7 @@ class OnnxBackend:
     name = "onnxruntime"
 
     def __init__(self, bundle: str | Path, manifest: dict | None = None, providers: list[str] | None = None,
-                 threads: int | None = None):
+                 threads: int | None = None, lazy: bool = False):
         self.bundle = Path(bundle)
         self.manifest = manifest or json.loads((self.bundle / "manifest.json").read_text())
         self.providers = providers or ["CPUExecutionProvider"]
@@ -39,6 +39,8 @@ class OnnxBackend:
                 raise ValueError(f"{m['file']}: graph has {len(ins)} inputs / {len(outs)} outputs, manifest lists "
                                  f"{len(m['inputs'])} / {len(m['outputs'])}")
             self.io[m["name"]] = (ins, outs)
+            if lazy:  # checked; loaded again when first run
+                del self.sessions[m["name"]]
 
     def _session(self, method: str) -> ort.InferenceSession:
         so = ort.SessionOptions()
@@ -47,7 +49,7 @@ class OnnxBackend:
             so.intra_op_num_threads = self.threads
         return ort.InferenceSession(str(self.bundle / self.files[method]), so, providers=self.providers)
 
-    def release(self, method: str) -> None:
+    def release(self, method: str, finished: bool = False) -> None:
         """Drop `method`'s session (the graphs are stateless: the KV cache is an explicit tensor)."""
         self.sessions.pop(method, None)
 
