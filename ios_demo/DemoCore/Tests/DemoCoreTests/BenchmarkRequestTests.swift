@@ -70,7 +70,7 @@ final class BenchmarkRequestTests: XCTestCase {
         o["backend"] = "coreml"
         let m = try Manifest.parse(o)
         let zeros = ClosureRunner { method, _ in try m.method(method).outputs.map { Tensor.zeros($0.shape, $0.dtype) } }
-        let p = Pipeline(manifest: m, runner: zeros, encoder: try PromptEncoder(ByteTokenizer()))
+        let p = Pipeline(manifest: m, runner: zeros, encoder: try PromptEncoder(ByteTokenizer(), maxTokens: m.tokenizer.maxTokens))
         let r = BenchmarkRequest()
         return try Benchmark.run(
             p, prompt: BenchmarkRequest.prompt, seed: BenchmarkRequest.seed, cfg: BenchmarkRequest.cfg, runs: r.runs,

@@ -54,7 +54,7 @@ final class BenchmarkTests: XCTestCase {
             calls += 1
             return try m.method(method).outputs.map { Tensor.zeros($0.shape, $0.dtype) }
         }
-        let p = Pipeline(manifest: m, runner: zeros, encoder: try PromptEncoder(ByteTokenizer()))
+        let p = Pipeline(manifest: m, runner: zeros, encoder: try PromptEncoder(ByteTokenizer(), maxTokens: m.tokenizer.maxTokens))
         let j = try Benchmark.run(p, prompt: "a cat", seed: 3, cfg: 4.5, runs: 2, warmup: 1, device: "linux-test")
         XCTAssertEqual(calls, 3 * 13)
         XCTAssertEqual(j["schema_version"] as? Int, 1)

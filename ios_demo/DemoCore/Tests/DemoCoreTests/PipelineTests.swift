@@ -11,7 +11,7 @@ final class ClosureRunner: MethodRunner {
 
 final class PipelineTests: XCTestCase {
     let g = TestFiles.golden
-    var encoder: PromptEncoder { try! PromptEncoder(ByteTokenizer()) }
+    var encoder: PromptEncoder { try! PromptEncoder(ByteTokenizer(), maxTokens: g.manifest.tokenizer.maxTokens) }
 
     func pipeline(_ r: MethodRunner, _ m: Manifest? = nil) -> Pipeline {
         Pipeline(manifest: m ?? g.manifest, runner: r, encoder: encoder)

@@ -73,7 +73,7 @@ final class SplitLayoutTests: XCTestCase {
                 }
             }
         }
-        let gen = try Pipeline(manifest: m, runner: runner, encoder: try PromptEncoder(ByteTokenizer()))
+        let gen = try Pipeline(manifest: m, runner: runner, encoder: try PromptEncoder(ByteTokenizer(), maxTokens: m.tokenizer.maxTokens))
             .generate(prompt: g.run.prompt, seed: g.run.seed, cfg: g.run.cfg)
         XCTAssertEqual(calls, m.methods.map { "\($0.file ?? "-"):\($0.entry)" })
         XCTAssertEqual(calls.filter { $0 == "ar_body.pte:ar_body" }.count, 10)

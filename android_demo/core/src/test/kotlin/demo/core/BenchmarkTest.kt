@@ -24,7 +24,7 @@ class BenchmarkTest {
     fun benchmarkJsonHasTheDocumentedFields() {
         val m = TestFiles.golden.manifest
         val runner = ZerosRunner(m)
-        val p = Pipeline(m, runner, PromptEncoder(ByteTokenizer(), 300))
+        val p = Pipeline(m, runner, PromptEncoder(ByteTokenizer(), m.tokenizer.maxTokens))
         val j = Benchmark.run(p, "a cat", 3, 4.5f, runs = 2, warmup = 1, device = "jvm-test")
         assertEquals(3 * 13, runner.calls)
         assertEquals(1, j.getInt("schema_version"))

@@ -8,7 +8,7 @@ import kotlin.test.assertTrue
 
 class PipelineTest {
     private val g = TestFiles.golden
-    private val encoder: PromptEncoder get() = PromptEncoder(ByteTokenizer(), 300)
+    private val encoder: PromptEncoder get() = PromptEncoder(ByteTokenizer(), g.manifest.tokenizer.maxTokens)
 
     private fun pipeline(runner: MethodRunner) = Pipeline(g.manifest, runner, encoder)
 
@@ -177,7 +177,7 @@ class CompareRunnerTest {
     fun identicalRunnerAgreesCompletely() {
         val g = TestFiles.golden
         val cmp = CompareRunner(ReplayRunner(g.run), g.run)
-        Pipeline(g.manifest, cmp, PromptEncoder(ByteTokenizer())).generate(g.run.prompt, g.run.seed, g.run.cfg)
+        Pipeline(g.manifest, cmp, PromptEncoder(ByteTokenizer(), g.manifest.tokenizer.maxTokens)).generate(g.run.prompt, g.run.seed, g.run.cfg)
         assertEquals(680, cmp.tokensTotal)
         assertEquals(680, cmp.tokensMatched)
         assertTrue(cmp.outputs.all { it.maxAbsDiff == 0.0 }, cmp.summary())

@@ -104,7 +104,7 @@ class SplitLayoutTest {
     fun pipelineRoutesStartPosToTheBodyEntry() {
         val m = splitManifest()
         val r = EntryRecorder(m)
-        val gen = Pipeline(m, r, PromptEncoder(ByteTokenizer(), 300)).generate(g.run.prompt, g.run.seed, g.run.cfg)
+        val gen = Pipeline(m, r, PromptEncoder(ByteTokenizer(), m.tokenizer.maxTokens)).generate(g.run.prompt, g.run.seed, g.run.cfg)
         assertEquals(m.methods.map { "${it.file}:${it.entry}" }, r.calls)
         assertEquals(10, r.calls.count { it == "ar_body.pte:ar_body" })
         // each body call got the start_pos of the method just before it (ar_prefill, then the previous glue)
