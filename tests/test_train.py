@@ -136,6 +136,21 @@ def test_each_stage_lowers_its_loss_on_a_fixed_batch(trained):
         assert json.loads((trained / "state" / f"{stage}.json").read_text())["step"] == getattr(plan, stage).steps
 
 
+def test_ar_stage_trains_the_text_encoder_and_later_stages_keep_it(trained):
+    """Plan.train_text: the AR stage moves the text encoder off its seeded init; the diffusion stage starts
+    from (and keeps) that encoder, and the checkpoint ships it."""
+    assert tiny_plan().train_text
+    seeded = new_model(tiny_plan().model, SEED).text.state_dict()
+    ar = load_file(str(trained / "state" / "ar.safetensors"))
+    diff = load_file(str(trained / "state" / "diffusion.safetensors"))
+    moved = [k for k, v in seeded.items() if not torch.equal(ar[f"model.text.{k}"], v)]
+    assert moved, "the AR stage left the text encoder at its seeded init"
+    assert all(torch.equal(ar[f"model.text.{k}"], diff[f"model.text.{k}"]) for k in seeded)
+    shipped = load(trained / "model").text.state_dict()
+    for k in moved:
+        torch.testing.assert_close(shipped[k].float(), diff[f"model.text.{k}"].half().float(), atol=0, rtol=0)
+
+
 def test_resume_after_a_crash_is_exact(trained, tmp_path):
     """Crash at step 5 with checkpoints every 2 steps, resume: same weights as an uninterrupted run."""
     plan, pool = tiny_plan(), load_pool(trained)

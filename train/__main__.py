@@ -87,7 +87,7 @@ def run(stage: str, plan: Plan, out: Path, seed: int, resume: bool, progress: bo
     else:
         pool = build_pool(hart, plan, seed, out, progress)
         fn = (ar_step_fn if stage == "ar" else diffusion_step_fn)(hart, plan, seed, pool)
-    run_stage(hart, stage, sp, out, resume, fn, seed, progress)
+    run_stage(hart, stage, sp, out, resume, fn, seed, progress, train_text=plan.train_text and stage == "ar")
     if stage == "vae":
         print(f"vae: {vae_report(hart, plan, seed, out)}")
     return save(hart.half(), out / "model")

@@ -20,7 +20,8 @@ from model.text_encoder import init_text_encoder
 
 def new_model(cfg: HartConfig, seed: int) -> Hart:
     """Fresh trainable Hart (with VAE encoder): PyTorch default inits under one seed, DiT-style zero
-    init of the modulation and output layers, codebook N(0, 0.5²); frozen seeded byte-level text encoder."""
+    init of the modulation and output layers, codebook N(0, 0.5²); seeded byte-level text encoder (trained
+    with the AR stage when Plan.train_text)."""
     torch.manual_seed(seed)
     hart = Hart(cfg, with_text=False)
     hart.vae.add_encoder()
@@ -43,12 +44,12 @@ def images(cfg: HartConfig, seed: int, split: str, start: int, n: int, two_prob:
     return x, [s.caption for s in scenes]
 
 
-@torch.no_grad()
-def encode_captions(hart: Hart, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frozen text encoder: (context [B, T, D], mask [B, T])."""
+def encode_captions(hart: Hart, captions: list[str], grad: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text encoder: (context [B, T, D], mask [B, T]); `grad` when the stage trains the encoder too."""
     ids, masks = zip(*(hart.text.tokenizer.encode(c) for c in captions))
     ids_BT, mask_BT = torch.cat(ids), torch.cat(masks)
-    return hart.text(ids_BT), mask_BT.float()
+    with torch.set_grad_enabled(grad):
+        return hart.text(ids_BT), mask_BT.float()
 
 
 def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
@@ -69,7 +70,8 @@ def save_state(out: Path, stage: str, hart: Hart, opt: torch.optim.Optimizer, st
     """OUT/state/<stage>.safetensors (model + Adam moments) and <stage>.json (step, loss history)."""
     d = out / "state"
     d.mkdir(parents=True, exist_ok=True)
-    tensors = {f"model.{k}": v.detach().contiguous() for k, v in hart.state_dict().items() if not k.startswith("text.")}
+    tensors = {f"model.{k}": v.detach().contiguous() for k, v in hart.state_dict().items()}  # text.* too: the AR
+    # stage may train the text encoder (Plan.train_text), and every later stage must start from that one
     names = {id(p): n for n, p in hart.named_parameters()}
     for group in opt.param_groups:
         for p in group["params"]:

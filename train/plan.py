@@ -50,6 +50,9 @@ class Plan:
     ar: StagePlan = StagePlan(steps=1000, batch=16, lr=1e-3)
     diffusion: StagePlan = StagePlan(steps=300, batch=16, lr=1e-3)
     cfg_drop: float = 0.1  # context dropout (classifier-free guidance)
+    train_text: bool = True  # the AR stage trains the byte-level text encoder too: frozen (seeded) features made
+    # the AR learn the caption slowly (after 1000 steps the first-scale token, which sets the background, was
+    # barely conditioned: CE 2.49 vs 3.07 unconditional and 1.38 given the background word); docs/training.md
     two_prob: float = 0.25  # share of two-shape scenes
     diffusion_repeat: int = 4  # noise draws per residual token (HART's diffusion_batch_mul)
 

@@ -32,19 +32,20 @@ from train.teacher import block_causal_bias, scale_weighted_ce, teacher_forced
 RESIDUAL_BOUND = 0.5  # |residual| the VAE is pushed under: the diffusion head clips x0 = residual/0.6 to [-1, 1]
 
 
-def stage_params(hart: Hart, stage: str) -> list[torch.nn.Parameter]:
+def stage_params(hart: Hart, stage: str, train_text: bool = False) -> list[torch.nn.Parameter]:
     if stage == "vae":
         return list(hart.vae.parameters())
     if stage == "ar":
-        return [p for n, p in hart.ar.named_parameters() if not n.startswith("diffloss.")]
+        ar = [p for n, p in hart.ar.named_parameters() if not n.startswith("diffloss.")]
+        return ar + (list(hart.text.parameters()) if train_text else [])
     return list(hart.ar.diffloss.parameters())
 
 
 def run_stage(hart: Hart, stage: str, sp: StagePlan, out: Path, resume: bool, step_fn: Callable, seed: int,
-              progress: bool = True, ckpt_every: int = 100) -> dict[str, list[float]]:
+              progress: bool = True, ckpt_every: int = 100, train_text: bool = False) -> dict[str, list[float]]:
     """Generic resumable loop: step_fn(step, gen) -> dict of scalar losses (already back-propagated)."""
     hart.requires_grad_(False)
-    params = stage_params(hart, stage)
+    params = stage_params(hart, stage, train_text)
     for p in params:
         p.requires_grad_(True)
     opt = torch.optim.AdamW(params, lr=sp.lr, betas=(0.9, 0.95), weight_decay=0.0)
@@ -225,7 +226,7 @@ def ar_step_fn(hart: Hart, plan: Plan, seed: int, pool: dict):
 
     def step_fn(step: int, gen: torch.Generator) -> dict[str, float]:
         rows = pool_batch(pool, seed, "ar", step, plan.ar.batch)
-        ctx, mask = encode_captions(hart, [pool["captions"][r] for r in rows])
+        ctx, mask = encode_captions(hart, [pool["captions"][r] for r in rows], grad=plan.train_text)
         idx = [t[rows] for t in pool["idx"]]
         drop = torch.rand(len(rows), generator=gen) < plan.cfg_drop
         logits, _ = teacher_forced(hart, ctx, mask, idx, drop, bias)
