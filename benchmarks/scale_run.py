@@ -90,7 +90,7 @@ def do_generate(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     base = rss_mb()
     t0 = time.perf_counter()
-    pipe, bundle = open_pipeline(spec["bundle"])
+    pipe, bundle = open_pipeline(spec["bundle"], release_after_use=spec.get("release_after_use", False))
     load_ms = (time.perf_counter() - t0) * 1e3
     after_load = rss_mb()
     runs = []
@@ -104,7 +104,8 @@ def do_generate(spec: dict) -> dict:
         print(f"[scale]   {runs[-1]['total_ms'] / 1e3:.1f} s, RSS {runs[-1]['rss_mb']:.0f} MB", file=sys.stderr,
               flush=True)
     return {"baseline_rss_mb": base, "after_load_rss_mb": after_load, "load_ms": load_ms, "runs": runs,
-            "peak_rss_mb": lifetime_peak_mb(), "threads": spec["threads"]}
+            "peak_rss_mb": lifetime_peak_mb(), "threads": spec["threads"],
+            "release_after_use": spec.get("release_after_use", False)}
 
 
 @cli_main("python -m benchmarks.scale_run")

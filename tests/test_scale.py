@@ -66,6 +66,10 @@ def test_per_scale_rows_and_memory_check():
     assert mem["manifest_error"] == pytest.approx(-0.25)  # 3 MB estimated, 4 MB measured
     assert mem["manifest_error_above_baseline"] == pytest.approx(0.0)
     assert set(mem["per_mode_estimate"]) == {"fp32", "fp16", "int8"}
+    manifest["memory"]["peak_bytes_release_after_use"] = 2 * 2**20  # a staged run is held to the staged estimate
+    staged = scale.memory_check(cfg, manifest, {"peak_rss_mb": 4.0, "baseline_rss_mb": 1.0, "release_after_use": True})
+    assert staged["estimate_compared"] == "peak_bytes_release_after_use"
+    assert staged["manifest_error"] == pytest.approx(-0.5)
 
 
 @pytest.mark.parametrize("argv, message", [
