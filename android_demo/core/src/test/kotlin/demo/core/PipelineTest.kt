@@ -177,7 +177,8 @@ class CompareRunnerTest {
     fun identicalRunnerAgreesCompletely() {
         val g = TestFiles.golden
         val cmp = CompareRunner(ReplayRunner(g.run), g.run)
-        Pipeline(g.manifest, cmp, PromptEncoder(ByteTokenizer(), g.manifest.tokenizer.maxTokens)).generate(g.run.prompt, g.run.seed, g.run.cfg)
+        val encoder = PromptEncoder(ByteTokenizer(), g.manifest.tokenizer.maxTokens)
+        Pipeline(g.manifest, cmp, encoder).generate(g.run.prompt, g.run.seed, g.run.cfg)
         assertEquals(680, cmp.tokensTotal)
         assertEquals(680, cmp.tokensMatched)
         assertTrue(cmp.outputs.all { it.maxAbsDiff == 0.0 }, cmp.summary())
